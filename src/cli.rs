@@ -1,0 +1,269 @@
+//! CLI commands other than `serve` and `demo`: `check`, and the admin API client behind
+//! `service`, `keys` and `token`.
+//!
+//! The admin address comes from `--admin URL`, else the config's `admin.address`; the admin token
+//! from `--admin-token-file`, `SCOREGATE_ADMIN_TOKEN`, or the config's `admin.token_file`, in that
+//! order — never from a plain argument, where `ps` would show it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+
+/// How long an admin call may take before the CLI gives up.
+const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// Admin API base URL, e.g. http://127.0.0.1:9090 (default: from the config).
+    #[arg(long, global = true)]
+    pub admin: Option<String>,
+    /// Config file to find the admin address and token file in.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// File holding the admin token (else $SCOREGATE_ADMIN_TOKEN, else the config's token_file).
+    #[arg(long, global = true)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// What to print from an admin answer.
+pub enum Output {
+    Json,
+    /// One string field of the answer, bare.
+    Field(&'static str),
+    /// `primaryKey` and `secondaryKey`, one per line.
+    Keys,
+}
+
+/// Percent-encodes anything but the service-name alphabet, so a name cannot change the path.
+pub fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn load_config(args: &AdminArgs) -> anyhow::Result<Option<Config>> {
+    match &args.config {
+        Some(p) => Ok(Some(Config::load(p)?)),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            Ok(Some(Config::load(Path::new(DEFAULT_CONFIG_PATH))?))
+        }
+        None => Ok(None),
+    }
+}
+
+fn resolve(args: &AdminArgs) -> anyhow::Result<(String, String)> {
+    let config = if args.admin.is_none()
+        || (args.admin_token_file.is_none() && std::env::var_os("SCOREGATE_ADMIN_TOKEN").is_none())
+    {
+        load_config(args)?
+    } else {
+        None
+    };
+    let base = match (&args.admin, &config) {
+        (Some(a), _) => a.trim_end_matches('/').to_string(),
+        (None, Some(c)) => {
+            let mut a = c.admin.address;
+            if a.ip().is_unspecified() {
+                a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{a}")
+        }
+        (None, None) => bail!("no admin address: pass --admin URL or --config PATH"),
+    };
+    let token = if let Some(f) = &args.admin_token_file {
+        read_token(f)?
+    } else if let Ok(t) = std::env::var("SCOREGATE_ADMIN_TOKEN") {
+        t.trim().to_string()
+    } else if let Some(c) = &config {
+        read_token(&c.admin.token_file)?
+    } else {
+        bail!(
+            "no admin token: pass --admin-token-file, set SCOREGATE_ADMIN_TOKEN, or pass --config"
+        )
+    };
+    Ok((base, token))
+}
+
+fn read_token(p: &Path) -> anyhow::Result<String> {
+    let t = std::fs::read_to_string(p)
+        .with_context(|| format!("cannot read admin token file {}", p.display()))?;
+    Ok(t.trim().to_string())
+}
+
+/// Calls the admin API and prints the answer; a non-2xx answer is an error with its message.
+pub fn admin_call(
+    args: &AdminArgs,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    out: Output,
+) -> anyhow::Result<()> {
+    let (base, token) = resolve(args)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, v) = rt
+        .block_on(tokio::time::timeout(
+            ADMIN_CALL_TIMEOUT,
+            request(&base, &token, method, path, body),
+        ))
+        .map_err(|_| anyhow::anyhow!("the admin API at {base} did not answer in time"))??;
+    if !(200..300).contains(&status) {
+        let msg = v["error"]["message"].as_str().unwrap_or("(no message)");
+        let code = v["error"]["code"].as_str().unwrap_or("Error");
+        bail!("{status} {code}: {msg}");
+    }
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        Output::Field(f) => println!("{}", v[f].as_str().context("answer lacks the field")?),
+        Output::Keys => {
+            println!("{}", v["primaryKey"].as_str().unwrap_or_default());
+            println!("{}", v["secondaryKey"].as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+/// `keys regen`: `value` of `-` reads the new key from stdin (so it stays out of argv).
+pub fn regen(
+    args: &AdminArgs,
+    name: &str,
+    key: &str,
+    value: Option<&str>,
+    print_value: bool,
+) -> anyhow::Result<()> {
+    let key_type = if key == "primary" {
+        "Primary"
+    } else {
+        "Secondary"
+    };
+    let value = match value {
+        Some("-") => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            Some(s.trim().to_string())
+        }
+        v => v.map(str::to_string),
+    };
+    let mut body = serde_json::json!({ "keyType": key_type });
+    if let Some(v) = value {
+        body["keyValue"] = Value::String(v);
+    }
+    let field = if key == "primary" {
+        "primaryKey"
+    } else {
+        "secondaryKey"
+    };
+    admin_call(
+        args,
+        "POST",
+        &format!("/v1/services/{}/regenerateKeys", path_segment(name)),
+        Some(body),
+        if print_value {
+            Output::Field(field)
+        } else {
+            Output::Json
+        },
+    )
+}
+
+async fn request(
+    base: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(u16, Value)> {
+    let uri: http::Uri = format!("{base}{path}").parse().context("bad admin URL")?;
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http"),
+        "the admin API speaks plain http://"
+    );
+    let authority = uri
+        .authority()
+        .context("admin URL needs host:port")?
+        .clone();
+    let port = authority.port_u16().unwrap_or(80);
+    let tcp = tokio::net::TcpStream::connect((authority.host(), port))
+        .await
+        .with_context(|| format!("cannot connect to the admin API at {base}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header("host", authority.as_str())
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(bytes)))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+    Ok((status, v))
+}
+
+/// `scoregate check`: validates config and certificates and prints what would be served.
+pub fn check(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let certs = crate::tls::load_all(&config.tls)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.source.display()))?;
+    println!("config   {}", config.source.display());
+    for a in &config.listen.addresses {
+        println!("listen   {a}");
+    }
+    println!(
+        "admin    {} (token file {})",
+        config.admin.address,
+        config.admin.token_file.display()
+    );
+    println!("state    {}", abs(&config.state_dir).display());
+    for (c, e) in certs.certs.iter().zip(&config.tls.certificates) {
+        let left = c
+            .not_after
+            .duration_since(SystemTime::now())
+            .map(|d| format!("{} days left", d.as_secs() / 86_400))
+            .unwrap_or_else(|_| "EXPIRED".into());
+        println!(
+            "cert     {}  SANs {:?}  expires {} ({left})  chain of {}\n           cert {}\n           key  {}",
+            c.cname,
+            c.names,
+            humantime::format_rfc3339_seconds(c.not_after),
+            c.chain_len,
+            abs(&e.cert).display(),
+            abs(&e.key).display()
+        );
+    }
+    for s in &config.services {
+        let backends: Vec<String> = s.backends.iter().map(|b| b.to_string()).collect();
+        println!(
+            "service  {}  auth={}  backends={}",
+            s.name,
+            s.auth.as_str(),
+            backends.join(",")
+        );
+    }
+    println!("ok");
+    Ok(())
+}
+
+fn abs(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}

@@ -1,0 +1,228 @@
+//! Forwarding a scoring request to one of the service's backends and streaming the answer back.
+//!
+//! A connection that could not be established is retried once on another backend; a request
+//! that reached a backend is never retried (scoring need not be idempotent).
+
+pub mod headers;
+pub mod upstream;
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
+use http_body_util::{Either, LengthLimitError, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::error::GatewayError;
+use crate::route::Endpoint;
+use crate::state::Service;
+use upstream::{Backend, Clients, InFlight};
+
+/// The outcome of a forward: the backend's response and which backend gave it.
+pub struct Forwarded {
+    pub response: Response<Incoming>,
+    pub backend: Arc<Backend>,
+    pub guard: InFlight,
+}
+
+/// Builds the backend's request URI: backend + route path (+ the client's query, verbatim).
+fn backend_uri(b: &Backend, path: &str, query: Option<&str>) -> Uri {
+    let pq = match query {
+        Some(q) => {
+            let mut s = String::with_capacity(path.len() + 1 + q.len());
+            s.push_str(path);
+            s.push('?');
+            s.push_str(q);
+            PathAndQuery::try_from(s)
+        }
+        None => PathAndQuery::try_from(path),
+    }
+    .expect("path and query come from a parsed URI and a validated score_path");
+    Uri::builder()
+        .scheme(b.scheme.clone())
+        .authority(b.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .expect("valid parts")
+}
+
+/// Sends the request to a backend of `svc`. `parts` already carries the rewritten headers.
+pub async fn forward(
+    clients: &Clients,
+    svc: &Service,
+    endpoint: Endpoint,
+    parts: Parts,
+    body: Incoming,
+) -> Result<Forwarded, (GatewayError, Option<Arc<Backend>>)> {
+    let path = match endpoint {
+        Endpoint::Score => svc.config.score_path.as_str(),
+        Endpoint::Swagger => "/swagger.json",
+    };
+    let query = parts.uri.query();
+    let client = clients.get(svc.upstream.protocol);
+    let body = ReclaimableBody::new(Limited::new(body, svc.config.max_body as usize));
+    let slot = body.slot.clone();
+    let mut body = Some(body);
+    let mut tried: Option<Arc<Backend>> = None;
+    let deadline = tokio::time::Instant::now() + svc.config.scoring_timeout;
+    loop {
+        let Some(backend) = svc.upstream.pick(tried.as_ref()).cloned() else {
+            let why = if tried.is_some() {
+                "connection failed and no other backend is available"
+            } else {
+                "no healthy backend"
+            };
+            return Err((GatewayError::BackendUnavailable(why.into()), tried));
+        };
+        let b = body
+            .take()
+            .unwrap_or_else(|| ReclaimableBody::reclaim(&slot));
+        let mut req = Request::new(Either::Left(b));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = backend_uri(&backend, path, query);
+        *req.headers_mut() = parts.headers.clone();
+        let guard = InFlight::start(&backend);
+        let sent = tokio::time::timeout_at(deadline, client.request(req)).await;
+        match sent {
+            Ok(Ok(response)) => {
+                return Ok(Forwarded {
+                    response,
+                    backend,
+                    guard,
+                });
+            }
+            Err(_) => {
+                return Err((
+                    GatewayError::ScoringTimeout(svc.config.scoring_timeout),
+                    Some(backend),
+                ));
+            }
+            Ok(Err(e)) => {
+                if has_source::<LengthLimitError>(&e) {
+                    return Err((
+                        GatewayError::PayloadTooLarge {
+                            limit: svc.config.max_body,
+                        },
+                        Some(backend),
+                    ));
+                }
+                // Retry once, elsewhere, only if nothing was sent and the body is still ours.
+                if e.is_connect() && tried.is_none() && ReclaimableBody::available(&slot) {
+                    tracing::warn!(backend = %backend.url, error = %e, "cannot connect to backend, trying another");
+                    tried = Some(backend);
+                    continue;
+                }
+                tracing::warn!(backend = %backend.url, error = %DisplayChain(&e), "backend request failed");
+                return Err((
+                    GatewayError::BackendUnavailable(DisplayChain(&e).to_string()),
+                    Some(backend),
+                ));
+            }
+        }
+    }
+}
+
+fn has_source<E: StdError + 'static>(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Formats an error with its sources (`a: b: c`), for logs.
+pub struct DisplayChain<'a>(pub &'a (dyn StdError + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// A request body that can be taken back if the client never polled it: the body sits in a
+/// shared slot until the first poll, so after a failed connect (nothing sent) the same body can
+/// go to another backend.
+pub struct ReclaimableBody {
+    slot: Arc<Mutex<Option<Limited<Incoming>>>>,
+    body: Option<Limited<Incoming>>,
+    hint: SizeHint,
+    end: bool,
+}
+
+impl ReclaimableBody {
+    fn new(body: Limited<Incoming>) -> Self {
+        let hint = body.size_hint();
+        let end = body.is_end_stream();
+        ReclaimableBody {
+            slot: Arc::new(Mutex::new(Some(body))),
+            body: None,
+            hint,
+            end,
+        }
+    }
+
+    fn available(slot: &Arc<Mutex<Option<Limited<Incoming>>>>) -> bool {
+        slot.lock().unwrap().is_some()
+    }
+
+    fn reclaim(slot: &Arc<Mutex<Option<Limited<Incoming>>>>) -> Self {
+        let body = slot.lock().unwrap().take();
+        let (hint, end) = body
+            .as_ref()
+            .map(|b| (b.size_hint(), b.is_end_stream()))
+            .unwrap_or_default();
+        ReclaimableBody {
+            slot: Arc::new(Mutex::new(body)),
+            body: None,
+            hint,
+            end,
+        }
+    }
+}
+
+impl Body for ReclaimableBody {
+    type Data = Bytes;
+    type Error = Box<dyn StdError + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.body.is_none() {
+            let taken = self.slot.lock().unwrap().take();
+            match taken {
+                Some(b) => self.body = Some(b),
+                None => return Poll::Ready(None),
+            }
+        }
+        Pin::new(self.body.as_mut().unwrap()).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.body {
+            Some(b) => b.is_end_stream(),
+            None => self.end,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.body {
+            Some(b) => b.size_hint(),
+            None => self.hint,
+        }
+    }
+}
