@@ -302,7 +302,7 @@ fn regenerate(gw: &Gateway, name: &str, body: &[u8]) -> AdminResponse {
 pub fn service_json(gw: &Gateway, snap: &Snapshot, name: &str) -> Option<Value> {
     let svc = snap.service(name)?;
     let rec = gw.keystore.record(name)?;
-    let base = scoring_base(snap);
+    let base = scoring_base(gw, snap);
     let state = if svc.upstream.any_healthy() {
         "Succeeded"
     } else {
@@ -321,7 +321,7 @@ pub fn service_json(gw: &Gateway, snap: &Snapshot, name: &str) -> Option<Value> 
 }
 
 /// `https://<CNAME>[:port]`, or `listen.public_url` when set.
-pub fn scoring_base(snap: &Snapshot) -> String {
+pub fn scoring_base(gw: &Gateway, snap: &Snapshot) -> String {
     let c = &snap.config;
     if let Some(u) = &c.listen.public_url {
         return u.clone();
@@ -331,7 +331,13 @@ pub fn scoring_base(snap: &Snapshot) -> String {
         .certificates
         .first()
         .map_or("localhost", |x| x.cname.as_str());
-    match c.listen.addresses.first().map(|a| a.port()) {
+    let port = gw
+        .bound
+        .get()
+        .and_then(|b| b.first())
+        .or(c.listen.addresses.first())
+        .map(|a| a.port());
+    match port {
         Some(443) | None => format!("https://{cname}"),
         Some(p) => format!("https://{cname}:{p}"),
     }

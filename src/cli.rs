@@ -118,10 +118,13 @@ pub fn admin_call(
         .enable_all()
         .build()?;
     let (status, v) = rt
-        .block_on(tokio::time::timeout(
-            ADMIN_CALL_TIMEOUT,
-            request(&base, &token, method, path, body),
-        ))
+        .block_on(async {
+            tokio::time::timeout(
+                ADMIN_CALL_TIMEOUT,
+                request(&base, &token, method, path, body),
+            )
+            .await
+        })
         .map_err(|_| anyhow::anyhow!("the admin API at {base} did not answer in time"))??;
     if !(200..300).contains(&status) {
         let msg = v["error"]["message"].as_str().unwrap_or("(no message)");

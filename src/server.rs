@@ -65,6 +65,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             shutdown.subscribe(),
         )));
     }
+    let _ = gw.bound.set(addrs.clone());
     gw.ready.store(true, Ordering::SeqCst);
     for a in &addrs {
         tracing::info!(address = %a, "scoring listener ready");

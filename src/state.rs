@@ -95,6 +95,8 @@ pub struct Gateway {
     pub in_flight: AtomicUsize,
     /// Where reloads read the config from (`None`: built in code, nothing to reload).
     pub config_path: Option<std::path::PathBuf>,
+    /// The scoring listeners' bound addresses (differ from the config's when it asks for port 0).
+    pub bound: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
 }
 
 impl Gateway {
@@ -123,6 +125,7 @@ impl Gateway {
             ready: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             config_path: config.file.clone(),
+            bound: std::sync::OnceLock::new(),
         };
         let keys = gw
             .keystore

@@ -1,0 +1,309 @@
+//! The `scoregate` binary: `check` on good and bad configs, and the admin CLI commands against a
+//! running gateway.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use scoregate::certgen::LeafOptions;
+use scoregate::config::AuthMode;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_scoregate"))
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("runs");
+    (
+        status.success(),
+        String::from_utf8_lossy(&stdout).into(),
+        String::from_utf8_lossy(&stderr).into(),
+    )
+}
+
+/// A folder with certs and a valid config; returns (dir, config path, config text).
+fn fixture(pki: &Pki) -> (PathBuf, PathBuf, String) {
+    let dir = tempdir("cli");
+    let leaf = pki
+        .ca
+        .leaf(&["scoring.example.test"], &LeafOptions::default());
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    std::fs::write(dir.join("certs/fullchain.pem"), &leaf.chain_pem).unwrap();
+    std::fs::write(dir.join("certs/key.pem"), &leaf.key_pem).unwrap();
+    let text = r#"
+[listen]
+address = "127.0.0.1:8443"
+
+[[tls.certificates]]
+cname = "scoring.example.test"
+cert = "certs/fullchain.pem"
+key = "certs/key.pem"
+
+[admin]
+address = "127.0.0.1:9090"
+
+[state]
+dir = "state"
+
+[[service]]
+name = "iris"
+auth = "key"
+backends = ["http://127.0.0.1:5001"]
+scoring_timeout = "30s"
+"#
+    .to_string();
+    let path = dir.join("scoregate.toml");
+    std::fs::write(&path, &text).unwrap();
+    (dir, path, text)
+}
+
+fn check(path: &Path) -> (bool, String, String) {
+    run(bin().arg("check").arg("--config").arg(path))
+}
+
+#[test]
+fn check_accepts_a_good_config_and_prints_what_it_would_serve() {
+    let pki = Pki::new();
+    let (dir, path, _) = fixture(&pki);
+    let (ok, out, err) = check(&path);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("scoring.example.test"), "{out}");
+    assert!(out.contains("iris") && out.contains("auth=key"), "{out}");
+    let abs_cert = std::fs::canonicalize(dir.join("certs/fullchain.pem")).unwrap();
+    assert!(
+        out.contains(abs_cert.to_str().unwrap()),
+        "absolute paths: {out}"
+    );
+    assert!(out.contains("expires"), "{out}");
+}
+
+#[test]
+fn check_rejects_each_kind_of_bad_config_naming_the_problem() {
+    let pki = Pki::new();
+    let (dir, path, text) = fixture(&pki);
+    let other = pki
+        .ca
+        .leaf(&["scoring.example.test"], &LeafOptions::default());
+    std::fs::write(dir.join("certs/other-key.pem"), &other.key_pem).unwrap();
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            format!("{text}\n[limits]\nmax_conections = 5\n"),
+            &["max_conections"],
+        ),
+        (
+            text.replace("scoring_timeout = \"30s\"", "scoring_timeout = \"soon\""),
+            &["service[0].scoring_timeout", "soon"],
+        ),
+        (
+            text.replace("name = \"iris\"", "name = \"Iris_1\""),
+            &["service[0].name"],
+        ),
+        (
+            text.replace("auth = \"key\"", "auth = \"key+token\""),
+            &["service[0].auth"],
+        ),
+        (
+            text.replace(
+                "auth = \"key\"",
+                "auth = \"token\"\nprimary_key = \"abcdefghijabcdefghijabcdefghij0123\"",
+            ),
+            &["service[0].primary_key", "never both"],
+        ),
+        (
+            text.replace("http://127.0.0.1:5001", "127.0.0.1:5001"),
+            &["service[0].backends[0]"],
+        ),
+        (
+            format!(
+                "{text}\n[[service]]\nname = \"iris\"\nbackends = [\"http://127.0.0.1:5002\"]\n"
+            ),
+            &["defined twice"],
+        ),
+        (
+            text.replace("certs/fullchain.pem", "certs/missing.pem"),
+            &["missing.pem"],
+        ),
+        (
+            text.replace("certs/key.pem", "certs/other-key.pem"),
+            &["does not match"],
+        ),
+        (
+            text.replace(
+                "cname = \"scoring.example.test\"",
+                "cname = \"other.example.test\"",
+            ),
+            &["other.example.test", "subject alternative names"],
+        ),
+        (
+            text.replace(
+                "address = \"127.0.0.1:8443\"",
+                "address = \"localhost:8443\"",
+            ),
+            &["listen.address[0]"],
+        ),
+        (
+            text.replace("[listen]", "[listen]\nallow = [\"10.0.0.0/40\"]"),
+            &["listen.allow[0]"],
+        ),
+        ("this is not toml".into(), &["TOML parse error"]),
+    ];
+    for (i, (bad, needles)) in cases.iter().enumerate() {
+        std::fs::write(&path, bad).unwrap();
+        let (ok, out, err) = check(&path);
+        assert!(!ok, "case {i} must fail: {out}");
+        assert!(
+            err.contains(path.to_str().unwrap()),
+            "case {i}: the error names the file: {err}"
+        );
+        for n in *needles {
+            assert!(err.contains(n), "case {i}: expected {n:?} in: {err}");
+        }
+    }
+    let (ok, _, err) = check(&dir.join("nope.toml"));
+    assert!(
+        !ok && err.contains("nope.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_survive_a_restart_and_presets_apply() {
+    let pki = Pki::new();
+    let backend = Backend::start().await;
+    let mut svc = service("iris", AuthMode::Key, &[backend.url()]);
+    let preset = "preset-secondary-key-0123456789abcdef".to_string();
+    svc.secondary_key = Some(preset.clone());
+    let cfg = config(&pki, vec![svc]);
+    let gw = Gw::start(cfg.clone()).await;
+    let (primary, secondary) = gw.keys("iris");
+    assert_eq!(secondary, preset);
+    let id = gw.server.gateway.keystore.record("iris").unwrap().id;
+    gw.stop().await;
+    let gw = Gw::start(cfg).await;
+    assert_eq!(gw.keys("iris"), (primary.clone(), preset.clone()));
+    assert_eq!(gw.server.gateway.keystore.record("iris").unwrap().id, id);
+    let mut c = pki.client().h1(gw.addr).await;
+    assert_eq!(c.score("iris", &primary, "{}").await.status, 200);
+    assert_eq!(c.score("iris", &preset, "{}").await.status, 200);
+    gw.stop().await;
+}
+
+fn admin_cmd(gw: &Gw, token_file: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut c = bin();
+    c.args(args)
+        .arg("--admin")
+        .arg(format!("http://{}", gw.admin))
+        .arg("--admin-token-file")
+        .arg(token_file)
+        .env_remove("SCOREGATE_ADMIN_TOKEN");
+    run(&mut c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_cli_lists_shows_and_rotates_keys_against_a_running_gateway() {
+    let pki = Pki::new();
+    let backend = Backend::start().await;
+    let gw = Gw::start(config(
+        &pki,
+        vec![service("iris", AuthMode::Key, &[backend.url()])],
+    ))
+    .await;
+    let token_file = gw.server.gateway.snapshot().config.admin.token_file.clone();
+    let (old_primary, secondary) = gw.keys("iris");
+
+    let (ok, out, err) = admin_cmd(&gw, &token_file, &["service", "list"]);
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["name"], "iris");
+    let (ok, out, _) = admin_cmd(&gw, &token_file, &["service", "show", "iris"]);
+    assert!(ok);
+    let svc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(svc["authMode"], "key");
+    assert_eq!(
+        svc["scoringUri"],
+        format!(
+            "https://localhost:{}/api/v1/service/iris/score",
+            gw.addr.port()
+        )
+    );
+
+    let (ok, out, _) = admin_cmd(&gw, &token_file, &["keys", "list", "iris", "--value"]);
+    assert!(ok);
+    assert_eq!(out, format!("{old_primary}\n{secondary}\n"));
+
+    // Rotation: regenerate the primary; the old primary stops working at once, the secondary not.
+    let (ok, new_primary, err) = admin_cmd(
+        &gw,
+        &token_file,
+        &["keys", "regen", "iris", "--key", "primary", "--print-value"],
+    );
+    assert!(ok, "{err}");
+    let new_primary = new_primary.trim().to_string();
+    assert_eq!(new_primary.len(), 43);
+    assert_ne!(new_primary, old_primary);
+    let mut c = pki.client().h1(gw.addr).await;
+    assert_eq!(c.score("iris", &old_primary, "{}").await.status, 401);
+    assert_eq!(c.score("iris", &secondary, "{}").await.status, 200);
+    assert_eq!(c.score("iris", &new_primary, "{}").await.status, 200);
+
+    // A chosen value, from stdin so it never shows in `ps`.
+    let chosen = "chosen-secondary-value-0123456789ABCDEF_-";
+    let mut cmd = bin();
+    cmd.args([
+        "keys",
+        "regen",
+        "iris",
+        "--key",
+        "secondary",
+        "--value",
+        "-",
+    ])
+    .arg("--admin")
+    .arg(format!("http://{}", gw.admin))
+    .arg("--admin-token-file")
+    .arg(&token_file)
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(chosen.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(c.score("iris", chosen, "{}").await.status, 200);
+    assert_eq!(c.score("iris", &secondary, "{}").await.status, 401);
+
+    // Bad values are refused with the reason; the keys in force stay.
+    let (ok, _, err) = admin_cmd(
+        &gw,
+        &token_file,
+        &[
+            "keys", "regen", "iris", "--key", "primary", "--value", "short",
+        ],
+    );
+    assert!(!ok && err.contains("400"), "{err}");
+    assert_eq!(c.score("iris", &new_primary, "{}").await.status, 200);
+    // The token may also come from the environment.
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let (ok, _, err) = run(bin()
+        .args(["service", "show", "iris", "--admin"])
+        .arg(format!("http://{}", gw.admin))
+        .env("SCOREGATE_ADMIN_TOKEN", token.trim()));
+    assert!(ok, "{err}");
+    // A wrong token is refused.
+    let wrong = tempdir("tok").join("t");
+    std::fs::write(&wrong, "wrong").unwrap();
+    let (ok, _, err) = admin_cmd(&gw, &wrong, &["service", "list"]);
+    assert!(!ok && err.contains("401"), "{err}");
+    gw.stop().await;
+}
