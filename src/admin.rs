@@ -205,6 +205,7 @@ async fn route(gw: &Gateway, token: &str, req: Request<Incoming>) -> AdminRespon
             Err(e) => store_error(e),
         },
         (&Method::POST, ["services", name, "regenerateKeys"]) => regenerate(gw, name, &body),
+        (&Method::POST, ["services", name, "token"]) => issue_token(gw, &snap, name),
         (&Method::POST, ["reload"]) => match crate::reload::reload(gw).await {
             Ok(report) => json(StatusCode::OK, &serde_json::to_value(report).unwrap()),
             Err(crate::reload::ReloadError::Invalid(why)) => {
@@ -214,14 +215,42 @@ async fn route(gw: &Gateway, token: &str, req: Request<Incoming>) -> AdminRespon
                 json_error(StatusCode::INTERNAL_SERVER_ERROR, "ReloadFailed", &why)
             }
         },
-        (_, ["services"] | ["services", _] | ["services", _, "listKeys" | "regenerateKeys"]) => {
+        (
+            _,
+            ["services"]
+            | ["services", _]
+            | ["services", _, "listKeys" | "regenerateKeys" | "token"],
+        ) => json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "Wrong method for this admin endpoint.",
+        ),
+        _ => json_error(StatusCode::NOT_FOUND, "NotFound", "No such admin endpoint."),
+    }
+}
+
+fn issue_token(gw: &Gateway, snap: &Snapshot, name: &str) -> AdminResponse {
+    let Some(svc) = snap.service(name) else {
+        return unknown_service(name);
+    };
+    if svc.config.auth != crate::config::AuthMode::Token {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("Service '{name}' is not in token mode."),
+        );
+    }
+    let t = &snap.config.tokens;
+    match gw.signer.issue(name, t.lifetime, t.refresh_after) {
+        Ok(resp) => json(StatusCode::OK, &serde_json::to_value(resp).unwrap()),
+        Err(e) => {
+            tracing::error!(error = %e, "token signing failed");
             json_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                "Wrong method for this admin endpoint.",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "TokenIssueFailed",
+                "Could not sign a token.",
             )
         }
-        _ => json_error(StatusCode::NOT_FOUND, "NotFound", "No such admin endpoint."),
     }
 }
 

@@ -12,7 +12,8 @@ use ipnet::IpNet;
 
 use crate::auth::ServiceAuth;
 use crate::auth::keys::{KeyStore, SharedKeys};
-use crate::config::{AuthMode, Config, ServiceConfig};
+use crate::auth::tokens::{ServiceTokens, Signer, TrustedIssuer};
+use crate::config::{AuthMode, Config, JwksSource, ServiceConfig};
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::proxy::upstream::{Backend, Clients, Upstream};
 use crate::tls::{CertStore, SniResolver};
@@ -54,6 +55,9 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub services: HashMap<String, Arc<Service>>,
     pub listener_policy: AddressPolicy,
+    /// Trusted token issuers in force (reused by the next reload when unchanged, so a JWKS URL
+    /// keeps its keys and background refresh).
+    pub issuers: Vec<Arc<TrustedIssuer>>,
     pub trusted_proxies: Vec<IpNet>,
 }
 
@@ -85,6 +89,8 @@ pub struct Gateway {
     pub certs: Arc<SniResolver>,
     pub tls_config: Arc<rustls::ServerConfig>,
     pub keystore: KeyStore,
+    /// Signing keys of the tokens this gateway issues.
+    pub signer: Signer,
     pub clients: Clients,
     pub metrics: Metrics,
     /// Runtime state of backends by URL, shared by every snapshot that names them.
@@ -105,6 +111,12 @@ impl Gateway {
         let store = crate::tls::load_all(&config.tls).map_err(BuildError::Tls)?;
         let keystore =
             KeyStore::open(&config.state_dir).map_err(|e| BuildError::State(e.to_string()))?;
+        let signer = Signer::open(
+            &config.state_dir,
+            config.tokens.algorithm,
+            config.tokens.lifetime + config.tokens.leeway,
+        )
+        .map_err(|e| BuildError::State(e.to_string()))?;
         let metrics = Metrics::new();
         publish_cert_metrics(&metrics, &store);
         let certs = Arc::new(SniResolver::new(store));
@@ -115,10 +127,12 @@ impl Gateway {
                 services: HashMap::new(),
                 listener_policy: AddressPolicy::default(),
                 trusted_proxies: vec![],
+                issuers: vec![],
             }),
             certs,
             tls_config,
             keystore,
+            signer,
             clients: Clients::new(),
             metrics,
             backends: Mutex::new(HashMap::new()),
@@ -164,6 +178,15 @@ impl Gateway {
         config: Config,
         keys: &BTreeMap<String, SharedKeys>,
     ) -> Result<Snapshot, BuildError> {
+        // Token keys: the signing algorithm may have changed (a new kid; old keys keep verifying).
+        self.signer
+            .ensure(
+                config.tokens.algorithm,
+                config.tokens.lifetime + config.tokens.leeway,
+            )
+            .map_err(|e| BuildError::State(e.to_string()))?;
+        let own_keys = Arc::new(self.signer.verify_keys().map_err(BuildError::State)?);
+        let issuers = self.trusted_issuers(&config)?;
         let mut services = HashMap::with_capacity(config.services.len());
         for sc in &config.services {
             let auth = match sc.auth {
@@ -174,10 +197,21 @@ impl Gateway {
                     })?)
                 }
                 AuthMode::Token => {
-                    return Err(BuildError::Config(format!(
-                        "service {:?}: auth = \"token\" is not available in this build yet",
-                        sc.name
-                    )));
+                    let accepted = issuers
+                        .iter()
+                        .filter(|i| {
+                            sc.trusted_issuers
+                                .as_ref()
+                                .is_none_or(|names| names.contains(&i.config.issuer))
+                        })
+                        .cloned()
+                        .collect();
+                    ServiceAuth::Token(ServiceTokens::new(
+                        &sc.name,
+                        own_keys.clone(),
+                        accepted,
+                        config.tokens.leeway,
+                    ))
                 }
             };
             let backends = sc.backends.iter().map(|u| self.backend(u)).collect();
@@ -201,7 +235,29 @@ impl Gateway {
             trusted_proxies: config.listen.trusted_proxies.clone(),
             config: Arc::new(config),
             services,
+            issuers,
         })
+    }
+
+    /// The trusted issuers for a config: JWKS files are read now (an error fails the build);
+    /// a JWKS URL issuer whose settings did not change is carried over with its keys.
+    fn trusted_issuers(&self, config: &Config) -> Result<Vec<Arc<TrustedIssuer>>, BuildError> {
+        let old = self.snapshot.load();
+        config
+            .tokens
+            .trusted_issuers
+            .iter()
+            .map(|ti| {
+                let reuse = old.issuers.iter().find(|o| {
+                    matches!(o.config.jwks, JwksSource::Url(_))
+                        && format!("{:?}", o.config) == format!("{ti:?}")
+                });
+                match reuse {
+                    Some(o) => Ok(o.clone()),
+                    None => TrustedIssuer::load(ti).map_err(BuildError::Config),
+                }
+            })
+            .collect()
     }
 }
 
