@@ -290,7 +290,8 @@ pub struct TrustedIssuer {
     pub config: TrustedIssuerConfig,
     keys: ArcSwap<IssuerKeys>,
     generations: AtomicU64,
-    last_fetch: Mutex<Option<Instant>>,
+    /// When an unknown `kid` last caused a refetch (the rate limit applies to those only).
+    last_refetch: Mutex<Option<Instant>>,
 }
 
 fn parse_jwks(bytes: &[u8], alg: Algorithm, generation: u64) -> Result<IssuerKeys, String> {
@@ -344,7 +345,7 @@ impl TrustedIssuer {
             config: config.clone(),
             keys: ArcSwap::from_pointee(keys),
             generations: AtomicU64::new(1),
-            last_fetch: Mutex::new(None),
+            last_refetch: Mutex::new(None),
         });
         if let JwksSource::Url(_) = &config.jwks {
             tokio::spawn(refresh_loop(Arc::downgrade(&issuer)));
@@ -361,7 +362,6 @@ impl TrustedIssuer {
         let JwksSource::Url(url) = &self.config.jwks else {
             return;
         };
-        *self.last_fetch.lock().unwrap() = Some(Instant::now());
         let result = tokio::time::timeout(JWKS_FETCH_TIMEOUT, fetch_url(url))
             .await
             .map_err(|_| "timed out".to_string())
@@ -389,7 +389,7 @@ impl TrustedIssuer {
             return;
         }
         {
-            let mut last = self.last_fetch.lock().unwrap();
+            let mut last = self.last_refetch.lock().unwrap();
             if last.is_some_and(|t| t.elapsed() < JWKS_MIN_REFETCH) {
                 return;
             }
