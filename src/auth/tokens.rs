@@ -472,8 +472,9 @@ enum Source {
     Issuer { index: usize, generation: u64 },
 }
 
+/// A verified token's cache entry.
 #[derive(Clone, Copy)]
-struct CacheEntry {
+pub struct CacheEntry {
     exp: u64,
     source: Source,
 }
@@ -536,7 +537,8 @@ impl ServiceTokens {
     }
 
     /// The full check: signature with a pinned algorithm, `exp`/`nbf` with leeway, `iss`, `aud`.
-    fn verify_uncached(&self, token: &[u8]) -> Result<CacheEntry, AuthFailure> {
+    /// (The cache-miss path; public so the benchmarks can measure it.)
+    pub fn verify_uncached(&self, token: &[u8]) -> Result<CacheEntry, AuthFailure> {
         let token = std::str::from_utf8(token).map_err(|_| AuthFailure::InvalidToken)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthFailure::InvalidToken)?;
         if let Some(kid) = &header.kid

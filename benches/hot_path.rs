@@ -1,0 +1,140 @@
+//! The per-request pieces of the hot path, one by one: route parsing, key check, token check
+//! (cache hit and miss), header rewriting, error response building, metric recording.
+//! Run: `cargo bench --bench hot_path`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use scoregate::auth::keys::KeyPair;
+use scoregate::auth::tokens::{ServiceTokens, Signer};
+use scoregate::auth::{AuthOutcome, ServiceAuth};
+use scoregate::config::TokenAlgorithm;
+use scoregate::error::{AuthFailure, GatewayError};
+use scoregate::metrics::Metrics;
+use scoregate::proxy::headers::{ForwardedFor, rewrite_request, rewrite_response};
+
+fn client_headers(auth: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "scoring.example.com"),
+        ("content-type", "application/json"),
+        ("content-length", "203"),
+        ("user-agent", "python-requests/2.32"),
+        ("accept", "*/*"),
+        ("authorization", auth),
+        ("x-ms-client-request-id", "client-request-0001"),
+    ] {
+        h.insert(
+            HeaderName::from_static(k),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
+fn benches(c: &mut Criterion) {
+    c.bench_function("route/parse score path", |b| {
+        b.iter(|| scoregate::route::parse(black_box("/api/v1/service/iris-model-2/score")))
+    });
+    c.bench_function("route/parse unknown path", |b| {
+        b.iter(|| scoregate::route::parse(black_box("/api/v1/service/iris-model-2/other")))
+    });
+
+    let keys = KeyPair {
+        primary: scoregate::auth::keys::generate_key(),
+        secondary: scoregate::auth::keys::generate_key(),
+    };
+    let auth = ServiceAuth::Key(Arc::new(arc_swap::ArcSwap::from_pointee(keys.clone())));
+    let good = client_headers(&format!("Bearer {}", keys.secondary));
+    c.bench_function(
+        "auth/key check (bearer parse + 2 constant-time compares)",
+        |b| b.iter(|| auth.authenticate(black_box(&good)).unwrap()),
+    );
+
+    let dir = std::env::temp_dir().join(format!("scoregate-bench-{}", std::process::id()));
+    let signer = Signer::open(&dir, TokenAlgorithm::ES256, Duration::from_secs(7200)).unwrap();
+    let token = signer
+        .issue("iris", Duration::from_secs(3600), Duration::from_secs(2700))
+        .unwrap()
+        .access_token;
+    let tokens = ServiceTokens::new(
+        "iris",
+        Arc::new(signer.verify_keys().unwrap()),
+        vec![],
+        Duration::from_secs(30),
+    );
+    tokens.verify(token.as_bytes()).unwrap();
+    c.bench_function("auth/token ES256 cache hit (sha256 + lookup)", |b| {
+        b.iter(|| tokens.verify(black_box(token.as_bytes())).unwrap())
+    });
+    c.bench_function("auth/token ES256 cache miss (full verification)", |b| {
+        b.iter(|| tokens.verify_uncached(black_box(token.as_bytes())).is_ok())
+    });
+    let token_auth = ServiceAuth::Token(tokens);
+    let token_headers = client_headers(&format!("Bearer {token}"));
+    c.bench_function("auth/token check via ServiceAuth (cached)", |b| {
+        b.iter(|| token_auth.authenticate(black_box(&token_headers)).unwrap())
+    });
+
+    let rid = HeaderValue::from_static("0f8fad5b-d9cb-469f-a165-70867728950e");
+    let fwd = ForwardedFor {
+        client_ip: "10.1.2.3".parse().unwrap(),
+        trusted_peer: false,
+        host: None,
+    };
+    c.bench_function("headers/rewrite request", |b| {
+        b.iter_batched_ref(
+            || client_headers("Bearer x"),
+            |h| rewrite_request(h, &fwd, &rid),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("headers/rewrite response", |b| {
+        b.iter_batched_ref(
+            || {
+                let mut h = HeaderMap::new();
+                h.insert("content-type", HeaderValue::from_static("application/json"));
+                h.insert("content-length", HeaderValue::from_static("21"));
+                h.insert(
+                    "date",
+                    HeaderValue::from_static("Mon, 23 Nov 2026 09:00:00 GMT"),
+                );
+                h
+            },
+            |h| rewrite_response(h, rid.clone(), None),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("error/401 response build", |b| {
+        b.iter(|| {
+            GatewayError::Unauthorized {
+                reason: AuthFailure::WrongKey,
+                token_mode: false,
+            }
+            .to_response()
+        })
+    });
+    let metrics = Metrics::new();
+    let svc = metrics.for_service("iris");
+    c.bench_function("metrics/record one request (pre-resolved handles)", |b| {
+        b.iter(|| {
+            svc.record(
+                200,
+                black_box(0.0012),
+                Some(0.0009),
+                AuthOutcome::Key(scoregate::auth::keys::KeyType::Primary),
+            )
+        })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group! {
+    name = hot_path;
+    config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    targets = benches
+}
+criterion_main!(hot_path);
