@@ -635,3 +635,73 @@ async fn concurrent_regenerations_both_land() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_key_store_write_answers_500_and_keeps_the_old_keys() {
+    let pki = Pki::new();
+    let backend = Backend::start().await;
+    let gw = Gw::start(config(
+        &pki,
+        vec![service("iris", AuthMode::Key, &[backend.url()])],
+    ))
+    .await;
+    let at = gw.admin_token();
+    let (primary, secondary) = gw.keys("iris");
+    // Take the state dir away (root ignores permissions, so remove it instead).
+    let state = gw.server.gateway.snapshot().config.state_dir.clone();
+    std::fs::remove_dir_all(&state).unwrap();
+    let r = admin(
+        &gw,
+        "POST",
+        "/v1/services/iris/regenerateKeys",
+        Some(&at),
+        r#"{"keyType":"Primary"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 500, "{:?}", r.body);
+    assert!(r.json()["error"]["code"].is_string());
+    assert_eq!(gw.keys("iris"), (primary.clone(), secondary));
+    let mut c = pki.client().h1(gw.addr).await;
+    assert_eq!(
+        status(&mut c, "iris", &primary).await.0,
+        200,
+        "the old primary is still in force"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_cli_prints_the_response_or_the_bare_jwt() {
+    let pki = Pki::new();
+    let backend = Backend::start().await;
+    let gw = Gw::start(config(
+        &pki,
+        vec![service("iris", AuthMode::Token, &[backend.url()])],
+    ))
+    .await;
+    let tf = gw.server.gateway.snapshot().config.admin.token_file.clone();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_scoregate"))
+            .args(["token", "iris"])
+            .args(extra)
+            .arg("--admin")
+            .arg(format!("http://{}", gw.admin))
+            .arg("--admin-token-file")
+            .arg(&tf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: Value = serde_json::from_str(&run(&[])).unwrap();
+    assert_eq!(v["tokenType"], "Bearer");
+    let bare = run(&["--value"]).trim().to_string();
+    assert_eq!(bare.split('.').count(), 3);
+    let mut c = pki.client().h1(gw.addr).await;
+    assert_eq!(status(&mut c, "iris", &bare).await.0, 200);
+    gw.stop().await;
+}
