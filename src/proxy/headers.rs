@@ -107,7 +107,7 @@ pub fn rewrite_request(h: &mut HeaderMap, fwd: &ForwardedFor<'_>, request_id: &H
 
 /// Turns the backend's response headers into the client's: hop-by-hop headers removed (a
 /// response with both `Transfer-Encoding` and `Content-Length` loses the length, RFC 9112 §6.3),
-/// exactly one `x-ms-request-id` (the gateway's), the client's request id echoed.
+/// exactly one `x-ms-request-id` (the gateway's), the client's request id echoed (and no other).
 pub fn rewrite_response(
     h: &mut HeaderMap,
     request_id: HeaderValue,
@@ -118,9 +118,12 @@ pub fn rewrite_response(
     }
     strip_hop_by_hop(h);
     h.insert(X_MS_REQUEST_ID, request_id);
-    if let Some(c) = client_request_id {
-        h.insert(X_MS_CLIENT_REQUEST_ID, c);
-    }
+    // Only the client's own id is echoed: azmlinfsrv answers the (deprecated) `x-ms-request-id`
+    // we forward by echoing it as `x-ms-client-request-id`, which the client never sent.
+    match client_request_id {
+        Some(c) => h.insert(X_MS_CLIENT_REQUEST_ID, c),
+        None => h.remove(X_MS_CLIENT_REQUEST_ID),
+    };
 }
 
 #[cfg(test)]
@@ -220,6 +223,10 @@ mod tests {
         assert!(!h.contains_key("content-length") && !h.contains_key("transfer-encoding"));
         assert!(!h.contains_key("connection"));
         assert_eq!(h["x-ms-run-function-failed"], "True");
+        // A backend's echo of an id the client never sent is dropped.
+        let mut h = map(&[("x-ms-client-request-id", "gw-forwarded-id")]);
+        rewrite_response(&mut h, HeaderValue::from_static("gw"), None);
+        assert!(!h.contains_key("x-ms-client-request-id"));
     }
 
     #[test]
