@@ -160,15 +160,21 @@ impl Gateway {
         self.snapshot.store(Arc::new(snap));
     }
 
-    fn backend(&self, uri: &http::Uri) -> Arc<Backend> {
+    /// The backend for `uri`, shared with every snapshot that names it (its in-flight count,
+    /// health and checker carry over reloads); a new one gets its active health checker here.
+    /// Probe settings come from the last service built that names it.
+    fn backend(&self, uri: &http::Uri, sc: &ServiceConfig) -> Arc<Backend> {
         let fresh = Backend::new(uri);
         let mut map = self.backends.lock().unwrap();
         map.retain(|_, w| w.strong_count() > 0);
         if let Some(b) = map.get(&fresh.url).and_then(Weak::upgrade) {
+            b.set_probe_settings(&sc.health, sc.backend_protocol);
             return b;
         }
+        fresh.set_probe_settings(&sc.health, sc.backend_protocol);
         let b = Arc::new(fresh);
         map.insert(b.url.clone(), Arc::downgrade(&b));
+        crate::proxy::health::spawn_checker(&b, self.clients.clone());
         b
     }
 
@@ -214,7 +220,7 @@ impl Gateway {
                     ))
                 }
             };
-            let backends = sc.backends.iter().map(|u| self.backend(u)).collect();
+            let backends = sc.backends.iter().map(|u| self.backend(u, sc)).collect();
             let svc = Service {
                 config: sc.clone(),
                 auth,

@@ -1,9 +1,13 @@
 //! Forwarding a scoring request to one of the service's backends and streaming the answer back.
 //!
-//! A connection that could not be established is retried once on another backend; a request
-//! that reached a backend is never retried (scoring need not be idempotent).
+//! Admission comes first: the request takes a concurrency slot on an available backend
+//! (`upstream`), waiting at most `max_request_wait_time` when all are full (503), or failing at
+//! once when none is available (502). A connection that could not be established is retried
+//! once on another backend (and counts towards that backend's passive back-off); a request that
+//! reached a backend is never retried (scoring need not be idempotent).
 
 pub mod headers;
+pub mod health;
 pub mod upstream;
 
 use std::error::Error as StdError;
@@ -21,7 +25,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use crate::error::GatewayError;
 use crate::route::Endpoint;
 use crate::state::Service;
-use upstream::{Backend, Clients, InFlight};
+use upstream::{Backend, Clients, InFlight, Refusal};
 
 /// The outcome of a forward: the backend's response and which backend gave it.
 pub struct Forwarded {
@@ -69,16 +73,23 @@ pub async fn forward(
     let slot = body.slot.clone();
     let mut body = Some(body);
     let mut tried: Option<Arc<Backend>> = None;
-    let deadline = tokio::time::Instant::now() + svc.config.scoring_timeout;
+    let limit = svc.config.max_concurrent_requests_per_backend;
+    let wait_until = tokio::time::Instant::now() + svc.config.max_request_wait_time;
+    // The scoring timeout runs from the first admission, not from arrival: the wait for a slot
+    // has its own bound.
+    let mut scoring_deadline = None;
     loop {
-        let Some(backend) = svc.upstream.pick(tried.as_ref()).cloned() else {
-            let why = if tried.is_some() {
-                "connection failed and no other backend is available"
-            } else {
-                "no healthy backend"
-            };
-            return Err((GatewayError::BackendUnavailable(why.into()), tried));
+        let guard = match svc
+            .upstream
+            .acquire(tried.as_ref(), limit, wait_until)
+            .await
+        {
+            Ok(g) => g,
+            Err(refusal) => return Err((refused(refusal, tried.is_some()), tried)),
         };
+        let backend = guard.backend().clone();
+        let deadline = *scoring_deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + svc.config.scoring_timeout);
         let b = body
             .take()
             .unwrap_or_else(|| ReclaimableBody::reclaim(&slot));
@@ -86,10 +97,10 @@ pub async fn forward(
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = backend_uri(&backend, path, query);
         *req.headers_mut() = parts.headers.clone();
-        let guard = InFlight::start(&backend);
         let sent = tokio::time::timeout_at(deadline, client.request(req)).await;
         match sent {
             Ok(Ok(response)) => {
+                backend.connect_succeeded();
                 return Ok(Forwarded {
                     response,
                     backend,
@@ -103,6 +114,11 @@ pub async fn forward(
                 ));
             }
             Ok(Err(e)) => {
+                if e.is_connect() {
+                    backend.connect_failed();
+                } else {
+                    backend.connect_succeeded();
+                }
                 if has_source::<LengthLimitError>(&e) {
                     return Err((
                         GatewayError::PayloadTooLarge {
@@ -114,6 +130,7 @@ pub async fn forward(
                 // Retry once, elsewhere, only if nothing was sent and the body is still ours.
                 if e.is_connect() && tried.is_none() && ReclaimableBody::available(&slot) {
                     tracing::warn!(backend = %backend.url, error = %e, "cannot connect to backend, trying another");
+                    drop(guard);
                     tried = Some(backend);
                     continue;
                 }
@@ -123,6 +140,22 @@ pub async fn forward(
                     Some(backend),
                 ));
             }
+        }
+    }
+}
+
+/// The error for a request that got no slot.
+fn refused(r: Refusal, retried: bool) -> GatewayError {
+    match r {
+        Refusal::NoBackend if retried => GatewayError::BackendUnavailable(
+            "connection failed and no other backend is available".into(),
+        ),
+        Refusal::NoBackend => GatewayError::BackendUnavailable("no healthy backend".into()),
+        Refusal::QueueFull => {
+            GatewayError::Overloaded("every backend is busy and the wait queue is full")
+        }
+        Refusal::WaitExpired => {
+            GatewayError::Overloaded("every backend stayed busy for max_request_wait_time")
         }
     }
 }

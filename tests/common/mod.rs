@@ -93,6 +93,37 @@ impl Backend {
         h2c: bool,
     ) -> Backend {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(l, f, h2c, false)
+    }
+
+    /// A backend on a chosen address (e.g. one from `dead_port()`, to stop and restart a backend
+    /// on the same port). Unlike the others, dropping it also closes the connections it accepted,
+    /// so a stopped backend really stops answering.
+    pub async fn on(
+        addr: SocketAddr,
+        f: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Backend {
+        let l = tokio::time::timeout(STEP, async {
+            loop {
+                match TcpListener::bind(addr).await {
+                    Ok(l) => return l,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        })
+        .await
+        .expect("the port is free again");
+        Self::serve(l, f, false, true)
+    }
+
+    /// `own_connections`: connection tasks live in a `JoinSet` owned by the accept task, so
+    /// aborting it (on drop) closes them too.
+    fn serve(
+        l: TcpListener,
+        f: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+        h2c: bool,
+        own_connections: bool,
+    ) -> Backend {
         let addr = l.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let handler: Handler = Arc::new(f);
@@ -100,14 +131,16 @@ impl Backend {
         let aborted: Arc<Mutex<usize>> = Arc::default();
         let a2 = aborted.clone();
         let task = tokio::spawn(async move {
+            let mut owned = tokio::task::JoinSet::new();
             loop {
                 let Ok((tcp, _)) = l.accept().await else {
                     continue;
                 };
+                while owned.try_join_next().is_some() {}
                 let seen = s2.clone();
                 let handler = handler.clone();
                 let aborted = a2.clone();
-                tokio::spawn(async move {
+                let conn = async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let seen = seen.clone();
                         let handler = handler.clone();
@@ -151,7 +184,12 @@ impl Backend {
                             .serve_connection(TokioIo::new(tcp), svc)
                             .await;
                     }
-                });
+                };
+                if own_connections {
+                    owned.spawn(conn);
+                } else {
+                    tokio::spawn(conn);
+                }
             }
         });
         Backend {
@@ -173,12 +211,38 @@ impl Backend {
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
+
+    /// Requests other than the gateway's health probes (`GET` with its user agent).
+    pub fn scored(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| !is_probe(s))
+            .count()
+    }
+
+    /// The gateway's health probes received so far.
+    pub fn probes(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| is_probe(s))
+            .count()
+    }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+fn is_probe(s: &Seen) -> bool {
+    s.headers
+        .get("user-agent")
+        .is_some_and(|v| v.as_bytes().starts_with(b"scoregate-health/"))
 }
 
 /// A loopback port with nothing listening on it.
