@@ -1,7 +1,9 @@
 //! One scoring request, top to bottom:
 //!
-//!     route (404/405) → policy (403) → authenticate (401) → admit (413, 503)
-//!       → forward (502/504) → respond → observe (metrics + access log, always)
+//! ```text
+//! route (404/405) → policy (403) → authenticate (401) → admit (413, 503)
+//!   → forward (502/504) → respond → observe (metrics + access log, always)
+//! ```
 //!
 //! (Listener allow/deny and TLS happen before, in `server`.) Every refusal is a `GatewayError`;
 //! `error` turns it into the contract's JSON. A request refused before its body was read does not
