@@ -37,6 +37,10 @@ pub type RespBody = Either<Incoming, Full<Bytes>>;
 const DRAIN_MAX: u64 = 64 * 1024;
 /// How long draining may take before the gateway gives up and closes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// On HTTP/2 a refused body is read in the background (the answer is already sent) up to this
+/// much, so the stream ends cleanly; flow control bounds what a client sends before that.
+const H2_DRAIN_MAX: u64 = 8 * 1024 * 1024;
+const H2_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Facts about the client connection a request arrived on.
 #[derive(Debug, Clone)]
@@ -228,30 +232,29 @@ async fn refuse_early(
     body: Incoming,
 ) -> Response<RespBody> {
     let mut resp = err.to_response().map(Either::Right);
-    if version < Version::HTTP_2 && !body.is_end_stream() && !drain(h, body).await {
+    if body.is_end_stream() {
+        return resp;
+    }
+    if version >= Version::HTTP_2 {
+        // Answer now, and keep reading the body in the background: a stream reset while the
+        // client is still sending makes clients like curl drop the answer (curl error 92).
+        tokio::spawn(discard(body, H2_DRAIN_MAX, H2_DRAIN_TIMEOUT));
+    } else if !drain(h, body).await {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }
 
-/// Reads and discards a small request body so the connection stays usable. False when the body
-/// is too large, of unknown size, awaits `100-continue`, or does not arrive in time.
-async fn drain(h: &http::HeaderMap, mut body: Incoming) -> bool {
-    let expects_continue = h
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let declared = body.size_hint().exact();
-    if expects_continue || declared.is_none_or(|n| n > DRAIN_MAX) {
-        return false;
-    }
+/// Reads and throws away up to `max` bytes of a body within `timeout`. True if it ended.
+async fn discard(mut body: Incoming, max: u64, timeout: Duration) -> bool {
     let read_all = async {
         let mut seen = 0u64;
         while let Some(frame) = body.frame().await {
             match frame {
                 Ok(f) => {
                     seen += f.data_ref().map_or(0, |d| d.len() as u64);
-                    if seen > DRAIN_MAX {
+                    if seen > max {
                         return false;
                     }
                 }
@@ -260,9 +263,22 @@ async fn drain(h: &http::HeaderMap, mut body: Incoming) -> bool {
         }
         true
     };
-    tokio::time::timeout(DRAIN_TIMEOUT, read_all)
+    tokio::time::timeout(timeout, read_all)
         .await
         .unwrap_or(false)
+}
+
+/// Reads and discards a small request body so the connection stays usable. False when the body
+/// is too large, of unknown size, awaits `100-continue`, or does not arrive in time.
+async fn drain(h: &http::HeaderMap, body: Incoming) -> bool {
+    let expects_continue = h
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let declared = body.size_hint().exact();
+    if expects_continue || declared.is_none_or(|n| n > DRAIN_MAX) {
+        return false;
+    }
+    discard(body, DRAIN_MAX, DRAIN_TIMEOUT).await
 }
 
 /// Headers every response carries: exactly one `x-ms-request-id` (ours), the client's request id.

@@ -628,3 +628,43 @@ async fn body_limit_from_content_length_and_from_streamed_bytes() {
     );
     gw.stop().await;
 }
+
+/// Regression: over HTTP/2 an early 401 reset the stream while curl was still sending the body,
+/// and curl dropped the answer (exit 92) most of the time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_http2_reads_early_refusals_with_large_bodies() {
+    let (pki, backend, gw) = setup(AuthMode::Key).await;
+    let dir = tempdir("curl");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, pki.ca.cert_pem()).unwrap();
+    let body = dir.join("body.bin");
+    std::fs::write(&body, vec![b'x'; 300_000]).unwrap();
+    let url = format!(
+        "https://localhost:{}/api/v1/service/iris/score",
+        gw.addr.port()
+    );
+    for i in 0..10 {
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", "--http2", "--max-time", "10", "--resolve"])
+            .arg(format!("localhost:{}:127.0.0.1", gw.addr.port()))
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["-H", "Authorization: Bearer wrong", "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .args(["-w", "\n%{http_code} %{http_version}"])
+            .arg(&url)
+            .output()
+            .await
+            .expect("curl is installed (CI installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "try {i}: curl exit {:?}: {text}",
+            out.status.code()
+        );
+        assert!(text.ends_with("401 2"), "try {i}: {text}");
+        assert!(text.contains("\"Unauthorized\""), "try {i}: {text}");
+    }
+    assert_eq!(backend.count(), 0);
+    gw.stop().await;
+}
