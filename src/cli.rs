@@ -131,15 +131,23 @@ pub fn admin_call(
         let code = v["error"]["code"].as_str().unwrap_or("Error");
         bail!("{status} {code}: {msg}");
     }
-    match out {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-        Output::Field(f) => println!("{}", v[f].as_str().context("answer lacks the field")?),
-        Output::Keys => {
-            println!("{}", v["primaryKey"].as_str().unwrap_or_default());
-            println!("{}", v["secondaryKey"].as_str().unwrap_or_default());
-        }
-    }
+    let text = match out {
+        Output::Json => serde_json::to_string_pretty(&v)?,
+        Output::Field(f) => v[f].as_str().context("answer lacks the field")?.to_string(),
+        Output::Keys => format!(
+            "{}\n{}",
+            v["primaryKey"].as_str().unwrap_or_default(),
+            v["secondaryKey"].as_str().unwrap_or_default()
+        ),
+    };
+    print_out(&text);
     Ok(())
+}
+
+/// Prints a line to stdout; a closed pipe (`| head -1`) is not an error worth a panic.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 /// `keys regen`: `value` of `-` reads the new key from stdin (so it stays out of argv).
@@ -239,11 +247,23 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     );
     println!("state    {}", abs(&config.state_dir).display());
     for (c, e) in certs.certs.iter().zip(&config.tls.certificates) {
+        let now = SystemTime::now();
         let left = c
             .not_after
-            .duration_since(SystemTime::now())
+            .duration_since(now)
             .map(|d| format!("{} days left", d.as_secs() / 86_400))
             .unwrap_or_else(|_| "EXPIRED".into());
+        if now > c.not_after || now < c.not_before {
+            eprintln!(
+                "warning: certificate for {} is {} (an error with [tls] strict = true)",
+                c.cname,
+                if now > c.not_after {
+                    "expired"
+                } else {
+                    "not valid yet"
+                }
+            );
+        }
         println!(
             "cert     {}  SANs {:?}  expires {} ({left})  chain of {}\n           cert {}\n           key  {}",
             c.cname,

@@ -24,7 +24,15 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 /// Relative to the config file, like every path in it.
 pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "admin-token";
+/// Next to the config folder (not inside it), so a read-only config mount keeps working.
 pub const DEFAULT_STATE_DIR: &str = "../state";
+/// 0 = one tokio worker per core (tokio's own default).
+pub const DEFAULT_WORKER_THREADS: usize = 0;
+/// 0 = no per-backend cap, as Azure ML's own front end without `replica_max_concurrent_requests`;
+/// set it to the number of requests a model replica can score at once (azmlinfsrv: its workers).
+pub const DEFAULT_MAX_CONCURRENT_PER_BACKEND: usize = 0;
+/// Probe from the start: azmlinfsrv answers `GET /` as soon as it listens.
+pub const DEFAULT_HEALTH_INITIAL_DELAY: Duration = Duration::ZERO;
 /// Azure ML's default scoring timeout.
 pub const DEFAULT_SCORING_TIMEOUT: Duration = Duration::from_secs(60);
 /// Azure ML's request body limit.
@@ -291,7 +299,7 @@ impl Default for HealthConfig {
             timeout: DEFAULT_HEALTH_TIMEOUT,
             failure_threshold: DEFAULT_HEALTH_FAILURES,
             success_threshold: DEFAULT_HEALTH_SUCCESSES,
-            initial_delay: Duration::ZERO,
+            initial_delay: DEFAULT_HEALTH_INITIAL_DELAY,
         }
     }
 }
@@ -552,7 +560,7 @@ impl Validator {
             tls,
             admin,
             state_dir,
-            worker_threads: raw.runtime.worker_threads.unwrap_or(0),
+            worker_threads: raw.runtime.worker_threads.unwrap_or(DEFAULT_WORKER_THREADS),
             server,
             limits,
             log,
@@ -644,7 +652,8 @@ impl Validator {
             raw.max_header_size.as_deref(),
             d.max_header_size as u64,
         ) as usize;
-        // hyper's read buffer must hold a whole header block and cannot be under 8 KiB.
+        // A header block under 1 KiB would refuse ordinary requests (the read buffer itself is
+        // never under hyper's 8 KiB minimum, see `server`).
         if max_header_size < 1024 {
             self.problem("limits.max_header_size", "must be at least 1KiB");
         }
@@ -931,7 +940,7 @@ impl Validator {
             max_body,
             max_concurrent_requests_per_backend: raw
                 .max_concurrent_requests_per_backend
-                .unwrap_or(0),
+                .unwrap_or(DEFAULT_MAX_CONCURRENT_PER_BACKEND),
             max_request_wait_time,
             allow: self.cidrs(&format!("{key}.allow"), &raw.allow),
             deny: self.cidrs(&format!("{key}.deny"), &raw.deny),
