@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bench;
 pub mod certgen;
 pub mod cli;
 pub mod config;

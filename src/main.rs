@@ -62,6 +62,8 @@ enum Command {
         #[command(flatten)]
         admin: cli::AdminArgs,
     },
+    /// Load harness: drive a built-in (or a running) gateway; req/s, latency, CPU and memory.
+    Bench(scoregate::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -138,6 +140,7 @@ fn main() -> ExitCode {
         }
         Command::Serve { config } => serve(config),
         Command::Check { config } => cli::check(&config),
+        Command::Bench(args) => scoregate::bench::run(args),
         Command::Service { command, admin } => match command {
             ServiceCommand::List => {
                 cli::admin_call(&admin, "GET", "/v1/services", None, cli::Output::Json)
