@@ -79,8 +79,7 @@ pub async fn handle(
 ) -> Result<Response<RespBody>, Infallible> {
     let started = Instant::now();
     let snap = gw.snapshot();
-    gw.in_flight.fetch_add(1, Ordering::Relaxed);
-    gw.metrics.in_flight.inc();
+    let _counted = Counted::new(&gw);
     let (mut parts, body) = req.into_parts();
     let mut ctx = RequestCtx {
         request_id: new_request_id(),
@@ -98,7 +97,10 @@ pub async fn handle(
             let host = authority_header(&parts);
             let fwd = ForwardedFor {
                 client_ip: ctx.client_ip,
-                trusted_peer: snap.is_trusted_proxy(conn.peer.ip()),
+                // Behind PROXY protocol the proxy works at L4 (it cannot see inside TLS), so
+                // forwarded headers on the request came from the client: not believed.
+                trusted_peer: !snap.config.listen.proxy_protocol
+                    && snap.is_trusted_proxy(conn.peer.ip()),
                 host: host.as_ref(),
             };
             headers::rewrite_request(&mut parts.headers, &fwd, &ctx.request_id);
@@ -131,9 +133,27 @@ pub async fn handle(
 
     finish_headers(&mut resp, &ctx);
     observe(&gw, &ctx, &resp, started);
-    gw.in_flight.fetch_sub(1, Ordering::Relaxed);
-    gw.metrics.in_flight.dec();
     Ok(resp)
+}
+
+/// Counts a request as in flight (global cap, gauge) until dropped: also when the client goes
+/// away mid-request and hyper drops the request's future, which would otherwise leave a ghost
+/// that `max_in_flight` counts forever.
+struct Counted<'a>(&'a Gateway);
+
+impl<'a> Counted<'a> {
+    fn new(gw: &'a Gateway) -> Self {
+        gw.in_flight.fetch_add(1, Ordering::Relaxed);
+        gw.metrics.in_flight.inc();
+        Counted(gw)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.in_flight.dec();
+    }
 }
 
 /// The checks before any backend work, in the contract's order.

@@ -19,6 +19,7 @@ pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod route;
 pub mod sample_model;

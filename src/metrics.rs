@@ -17,6 +17,16 @@ const BUCKETS: &[f64] = &[
     60.0,
 ];
 
+/// `scoregate_tls_handshake_failures_total{reason}`: a TLS alert or garbage (`protocol`), the
+/// peer going away (`io`), or `limits.tls_handshake_timeout` (`timeout`).
+pub const TLS_FAILURE_REASONS: [&str; 3] = ["protocol", "io", "timeout"];
+/// `scoregate_connections_refused_total{reason}`: listener allow/deny, `limits.max_connections`,
+/// a missing or malformed PROXY header from a trusted proxy.
+pub const REFUSAL_REASONS: [&str; 3] = ["policy", "max_connections", "proxy_protocol"];
+/// `scoregate_connection_timeouts_total{reason}`: `limits.header_read_timeout` (a request head,
+/// or the first one after TLS, too slow), `limits.idle_timeout` (keep-alive without requests).
+pub const TIMEOUT_REASONS: [&str; 2] = ["header_read", "idle"];
+
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const AUTH_REASONS: [AuthFailure; 6] = [
     AuthFailure::Missing,
@@ -40,6 +50,7 @@ pub struct Metrics {
     pub tls_handshakes: IntCounter,
     pub tls_handshake_failures: IntCounterVec,
     pub connections_refused: IntCounterVec,
+    pub connection_timeouts: IntCounterVec,
     pub cert_expiry: prometheus::GaugeVec,
     pub reloads: IntCounterVec,
 }
@@ -123,6 +134,14 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let connection_timeouts = IntCounterVec::new(
+            Opts::new(
+                "scoregate_connection_timeouts_total",
+                "Client connections closed by a front-side timeout (header_read, idle)",
+            ),
+            &["reason"],
+        )
+        .unwrap();
         let cert_expiry = prometheus::GaugeVec::new(
             Opts::new(
                 "scoregate_certificate_expiry_timestamp_seconds",
@@ -144,8 +163,18 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Series that exist from the start, so dashboards and alerts see 0 rather than nothing.
         for r in ["ok", "error"] {
             reloads.with_label_values(&[r]);
+        }
+        for r in TLS_FAILURE_REASONS {
+            tls_handshake_failures.with_label_values(&[r]);
+        }
+        for r in REFUSAL_REASONS {
+            connections_refused.with_label_values(&[r]);
+        }
+        for r in TIMEOUT_REASONS {
+            connection_timeouts.with_label_values(&[r]);
         }
         for c in &CLASSES {
             unrouted.with_label_values(&[c]);
@@ -162,6 +191,7 @@ impl Metrics {
             Box::new(tls_handshakes.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(connections_refused.clone()),
+            Box::new(connection_timeouts.clone()),
             Box::new(cert_expiry.clone()),
             Box::new(reloads.clone()),
             Box::new(build_info),
@@ -182,6 +212,7 @@ impl Metrics {
             tls_handshakes,
             tls_handshake_failures,
             connections_refused,
+            connection_timeouts,
             cert_expiry,
             reloads,
         }

@@ -4,8 +4,12 @@
 //!
 //! What carries over: backend runtime state (keyed by URL, see `state`), pooled connections
 //! (keyed by address), and the TLS config itself (session tickets, resumption cache): certificates
-//! change through the SNI resolver. Settings that only take effect at start are reported under
-//! `restartRequired` and keep their old values.
+//! change through the SNI resolver, so clients holding a ticket resume across a reload (a resumed
+//! session keeps the certificate it was first made with; new full handshakes get the new one).
+//! Established connections keep going untouched. Settings that only take effect at start are
+//! reported under `restartRequired` and keep their old values: listen addresses, PROXY protocol,
+//! the admin address and token file, the state dir, worker threads, watch mode, logging, and every
+//! `[limits]` value but `max_in_flight`.
 
 use std::path::Path;
 
@@ -79,8 +83,23 @@ fn apply(gw: &Gateway, path: &Path) -> Result<ReloadReport, ReloadError> {
     fixed!("admin.token_file", admin.token_file);
     fixed!("state.dir", state_dir);
     fixed!("runtime.worker_threads", worker_threads);
-    fixed!("limits", limits);
+    fixed!("server.watch", server.watch);
     fixed!("log", log);
+    // The limits shape listeners and connections when they start; `max_in_flight` is read per
+    // request, so it alone changes live.
+    {
+        let mut fixed_part = new.limits.clone();
+        fixed_part.max_in_flight = old.limits.max_in_flight;
+        if format!("{fixed_part:?}") != format!("{:?}", old.limits) {
+            report.restart_required.push("limits".into());
+            let live = new.limits.max_in_flight;
+            new.limits = old.limits.clone();
+            new.limits.max_in_flight = live;
+        }
+        if new.limits.max_in_flight != old.limits.max_in_flight {
+            report.changed.push("limits.max_in_flight".into());
+        }
+    }
 
     // What changed, for the answer and the log.
     let old_certs = gw.certs.current();
@@ -136,13 +155,23 @@ fn apply(gw: &Gateway, path: &Path) -> Result<ReloadReport, ReloadError> {
             format!("{:?}", new.tokens),
         ),
         (
-            "server",
-            format!("{:?}", old.server),
-            format!("{:?}", new.server),
+            "server.drain_timeout",
+            format!("{:?}", old.server.drain_timeout),
+            format!("{:?}", new.server.drain_timeout),
         ),
     ] {
         if a != b {
             report.changed.push(name.into());
+        }
+    }
+
+    // What can still fail in building the snapshot is checked before the key store is touched,
+    // so a bad JWKS file does not leave new keys or records behind a failed reload.
+    for ti in &new.tokens.trusted_issuers {
+        if let crate::config::JwksSource::File(_) = &ti.jwks {
+            crate::auth::tokens::TrustedIssuer::load(ti).map_err(|e| {
+                ReloadError::Invalid(format!("{}: tokens.trusted_issuers: {e}", path.display()))
+            })?;
         }
     }
 
@@ -157,9 +186,10 @@ fn apply(gw: &Gateway, path: &Path) -> Result<ReloadReport, ReloadError> {
         .filter(|s| new.service(&s.name).is_none())
         .map(|s| s.name.clone())
         .collect();
-    let snap = gw
-        .build_snapshot(new, &keys)
-        .map_err(|e| ReloadError::Invalid(e.to_string()))?;
+    let snap = gw.build_snapshot(new, &keys).map_err(|e| match e {
+        crate::state::BuildError::State(why) => ReloadError::Failed(why),
+        other => ReloadError::Invalid(other.to_string()),
+    })?;
     publish_cert_metrics(&gw.metrics, &certs);
     gw.certs.publish(certs);
     gw.publish(snap);

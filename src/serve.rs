@@ -1,11 +1,15 @@
 //! `scoregate serve`: run until SIGTERM/SIGINT, reloading on SIGHUP and (in watch mode) when a
 //! watched file changes.
+//!
+//! Watch mode polls instead of using inotify: it costs a few `stat` calls per period, needs no
+//! extra dependency, and sees through symlinks. A Kubernetes Secret or ConfigMap volume updates by
+//! writing a new `..2026_...` directory and atomically renaming a fresh `..data` symlink over the
+//! old one, so `tls.crt -> ..data/tls.crt` keeps its path while what it reaches (inode, mtime)
+//! changes; following the links, as `metadata` does, catches exactly that.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 use crate::state::Gateway;
@@ -17,29 +21,34 @@ const WATCH_PERIOD: Duration = Duration::from_millis(500);
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(1000);
 
 pub async fn run(_path: PathBuf, config: Config) -> anyhow::Result<()> {
-    let drain = config.server.drain_timeout;
-    let watch = config.server.watch;
+    let mut signals = crate::signals::Signals::install()?;
     let server = crate::server::start(config).await?;
     let gw = server.gateway.clone();
-    let mut hup = signal(SignalKind::hangup())?;
-    let g = gw.clone();
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading");
-            let _ = crate::reload::reload(&g).await;
-        }
-    });
-    if watch {
-        tokio::spawn(watch_files(gw.clone()));
+    if let Some(mut hup) = signals.hangup.take() {
+        let g = gw.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading");
+                let _ = crate::reload::reload(&g).await;
+            }
+        });
     }
-    crate::signals::wait_for_stop().await;
+    signals.wait_for_stop().await;
+    // Read now, not at start: a reload may have changed it.
+    let drain = gw.snapshot().config.server.drain_timeout;
     server.shutdown(drain).await;
     Ok(())
 }
 
-/// Identity of a file as reached through any symlinks: a Kubernetes Secret update swaps the
-/// `..data` symlink, which changes the target's inode and mtime even when the path stays.
-fn fingerprint(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64, u64)>> {
+/// Starts watch mode (`[server] watch = true`); the server stops it on shutdown.
+pub(crate) fn spawn_watcher(gw: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(watch_files(gw))
+}
+
+/// A file as reached through any symlinks: (mtime, inode, size), or `None` when unreadable.
+type Fingerprint = Vec<Option<(SystemTime, u64, u64)>>;
+
+fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
     use std::os::unix::fs::MetadataExt;
     paths
         .iter()
@@ -70,7 +79,8 @@ fn watched_paths(gw: &Gateway) -> Vec<PathBuf> {
     v
 }
 
-/// Polls the config, certificate, key and JWKS files; reloads after a debounced change.
+/// Polls the config, certificate, key and JWKS files; reloads after a debounced change. A failed
+/// reload keeps the old state (as for SIGHUP) and is not retried until the files change again.
 async fn watch_files(gw: Arc<Gateway>) {
     let mut paths = watched_paths(&gw);
     let mut last = fingerprint(&paths);

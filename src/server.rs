@@ -1,30 +1,99 @@
-//! Listeners and connections: accept (listener allow/deny, connection cap) → TLS handshake
-//! (SNI picks the certificate, bounded in time) → HTTP/1.1 or HTTP/2 by ALPN (hyper, with explicit
-//! header limits and timeouts) → `gateway::handle` per request. Also start-up and graceful drain.
+//! Listeners and connections, the front of a request's path:
+//!
+//! ```text
+//! accept (listener allow/deny, connection cap) → PROXY v2 header (trusted proxies only)
+//!   → TLS (SNI picks the certificate) → HTTP/1.1 or HTTP/2 by ALPN → gateway::handle
+//! ```
+//!
+//! plus the front-side limits and the graceful drain.
+//!
+//! Limits, all from `[limits]`:
+//! - `tls_handshake_timeout` bounds the PROXY header and the TLS handshake together.
+//! - `header_read_timeout` (HTTP/1.1): from the end of the TLS handshake, or from the first byte
+//!   of a later request on a keep-alive connection, to a complete request head. A slowloris
+//!   connection (a head that trickles in, or nothing at all after TLS) is closed when it runs
+//!   out, without an answer (the contract allows a closed connection there).
+//! - `idle_timeout`: a connection with no request in progress — and, on HTTP/1.1, no byte of a
+//!   new one — is closed this long after its last response ended (HTTP/1.1: closed with TLS
+//!   `close_notify`; HTTP/2: GOAWAY). The two timers are independent. hyper's own
+//!   `header_read_timeout` is turned off because its timer also runs while a keep-alive
+//!   connection waits for its next request, which would cap every idle HTTP/1.1 connection at
+//!   the (much shorter) header timeout.
+//! - `max_header_size`, `max_headers`: hyper answers a larger HTTP/1.1 head with a bare 431 and
+//!   closes the connection; on HTTP/2 the header list limit is advertised in SETTINGS and the h2
+//!   layer answers a larger list with 431 on that stream (the connection stays).
+//! - `max_connections`: counted across all listeners, from accept to close. At the cap a new
+//!   connection is accepted and closed at once, before TLS (`connections_refused{reason=
+//!   "max_connections"}`): the client learns immediately, instead of waiting unseen in the kernel
+//!   backlog, and accepting goes on so a closed connection frees a slot at once.
+//! - `h2_max_concurrent_streams`: advertised per HTTP/2 connection.
+//! - `max_in_flight`: requests across all connections; `gateway::admit` answers 503 beyond it.
+//!
+//! Network policy: listener `allow`/`deny` is checked on the TCP peer at accept, before any TLS
+//! work. With `listen.proxy_protocol = "v2"`, a peer in `listen.trusted_proxies` must open with a
+//! PROXY v2 header (`proxy_protocol`); the policy is then checked on the client the header names,
+//! and that client is what policy, logs and `X-Forwarded-For` see (`ConnInfo::client`). A LOCAL
+//! header (the proxy's own health check) keeps the proxy as the client and is admitted because the
+//! proxy is trusted. A trusted peer that sends no valid header is closed. From any other peer a
+//! PROXY header is not read: its bytes reach the TLS layer, which fails the handshake, so a forged
+//! header only gets its sender disconnected.
+//!
+//! Drain (`Server::shutdown`): `/readyz` turns 503; the scoring listeners close (new connections
+//! are refused); connections still in their handshake are dropped; idle HTTP/1.1 connections close
+//! and busy ones close after their response; HTTP/2 connections get GOAWAY and finish their
+//! streams. It ends as soon as the last connection is gone, or at the drain deadline, when the rest
+//! are closed. The admin listener stops last, so `/readyz` answers 503 throughout the drain.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::config::{Config, Limits};
 use crate::gateway::{self, ConnInfo};
-use crate::state::Gateway;
+use crate::metrics::Metrics;
+use crate::proxy_protocol;
+use crate::state::{Gateway, canonical_ip};
 
 /// HTTP/2 PINGs find dead peers behind NATs that silently dropped the connection.
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// hyper's minimum read buffer; the header limit may ask for more.
+/// hyper's smallest allowed read buffer; the header limit may ask for more.
 const MIN_READ_BUF: usize = 8 * 1024;
+/// A connection closed for idleness gets this long to finish closing by itself (an HTTP/2 GOAWAY
+/// and PING round trip, TLS close_notify) before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// After the drain deadline, connections are told to close; this bounds the wait for that.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// The admin listener stops after the drain; its open requests (a scrape, a reload) get this long.
+const ADMIN_STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Where the scoring side is in its life; connections watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Stop accepting; let requests in progress finish.
+    Draining,
+    /// The drain deadline passed: close what is left.
+    Closing,
+}
 
 /// A running gateway: its bound addresses and the handle to stop it.
 pub struct Server {
@@ -32,8 +101,25 @@ pub struct Server {
     /// Bound scoring listener addresses (useful when the config asked for port 0).
     pub addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    phase: watch::Sender<Phase>,
+    admin_stop: watch::Sender<bool>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    admin_task: JoinHandle<()>,
+    watcher: Option<JoinHandle<()>>,
+    /// Every connection task holds a clone; when all are gone, `drained` yields `None`.
+    open: mpsc::Sender<()>,
+    drained: mpsc::Receiver<()>,
+}
+
+/// What every connection of every scoring listener shares.
+struct Front {
+    gw: Arc<Gateway>,
+    acceptor: TlsAcceptor,
+    limits: Limits,
+    builders: Builders,
+    proxy_protocol: bool,
+    /// `limits.max_connections`, across all listeners.
+    slots: Arc<Semaphore>,
 }
 
 /// Builds the gateway, binds every listener and starts serving.
@@ -41,8 +127,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let admin_cfg = config.admin.clone();
     let addresses = config.listen.addresses.clone();
     let limits = config.limits.clone();
+    let proxy_protocol = config.listen.proxy_protocol;
+    let watch_files = config.server.watch;
     let gw = Gateway::new(config)?;
-    let (shutdown, _) = watch::channel(false);
     let mut listeners = Vec::new();
     for a in &addresses {
         let l = TcpListener::bind(a)
@@ -52,20 +139,32 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     }
     let admin = crate::admin::bind(gw.clone(), &admin_cfg).await?;
     let admin_addr = admin.local_addr;
-    let mut tasks = vec![tokio::spawn(admin.serve(shutdown.subscribe()))];
+    let (admin_stop, admin_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin.serve(admin_rx));
+
+    let front = Arc::new(Front {
+        gw: gw.clone(),
+        acceptor: TlsAcceptor::from(gw.tls_config.clone()),
+        builders: Builders::new(&limits),
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        limits,
+        proxy_protocol,
+    });
+    let (phase, _) = watch::channel(Phase::Serving);
+    let (open, drained) = mpsc::channel(1);
     let mut addrs = Vec::new();
-    let conn_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut accept_tasks = Vec::new();
     for l in listeners {
         addrs.push(l.local_addr()?);
-        tasks.push(tokio::spawn(accept_loop(
-            gw.clone(),
+        accept_tasks.push(tokio::spawn(accept_loop(
+            front.clone(),
             l,
-            limits.clone(),
-            conn_slots.clone(),
-            shutdown.subscribe(),
+            phase.subscribe(),
+            open.clone(),
         )));
     }
     let _ = gw.bound.set(addrs.clone());
+    let watcher = watch_files.then(|| crate::serve::spawn_watcher(gw.clone()));
     gw.ready.store(true, Ordering::SeqCst);
     for a in &addrs {
         tracing::info!(address = %a, "scoring listener ready");
@@ -74,44 +173,81 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         gateway: gw,
         addrs,
         admin_addr,
-        shutdown,
-        tasks,
+        phase,
+        admin_stop,
+        accept_tasks,
+        admin_task,
+        watcher,
+        open,
+        drained,
     })
 }
 
 impl Server {
     /// Graceful stop: not ready, stop accepting, let in-flight requests finish (idle keep-alive
     /// connections close, HTTP/2 clients get GOAWAY), at most `drain_timeout`. Returns as soon as
-    /// nothing is left, or at the deadline.
+    /// no connection is left, or at the deadline after closing the rest. The admin listener
+    /// (`/readyz` answering 503) stops last.
     pub async fn shutdown(self, drain_timeout: Duration) {
-        self.gateway.ready.store(false, Ordering::SeqCst);
-        let _ = self.shutdown.send(true);
-        let all = futures_join_all(self.tasks);
-        if tokio::time::timeout(drain_timeout, all).await.is_err() {
+        let Server {
+            gateway: gw,
+            phase,
+            admin_stop,
+            accept_tasks,
+            admin_task,
+            watcher,
+            open,
+            mut drained,
+            ..
+        } = self;
+        gw.ready.store(false, Ordering::SeqCst);
+        let _ = phase.send(Phase::Draining);
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        drop(open);
+        let started = Instant::now();
+        tracing::info!(
+            connections = gw.metrics.connections.get(),
+            in_flight = gw.in_flight.load(Ordering::Relaxed),
+            drain_timeout = ?drain_timeout,
+            "listeners closed; draining"
+        );
+        if tokio::time::timeout(drain_timeout, drained.recv())
+            .await
+            .is_err()
+        {
             tracing::warn!(
-                in_flight = self.gateway.in_flight.load(Ordering::Relaxed),
+                connections = gw.metrics.connections.get(),
+                in_flight = gw.in_flight.load(Ordering::Relaxed),
                 "drain timeout reached; closing remaining connections"
             );
+            let _ = phase.send(Phase::Closing);
+            let _ = tokio::time::timeout(CLOSE_WAIT, drained.recv()).await;
+        } else {
+            tracing::info!(elapsed = ?started.elapsed(), "drained");
         }
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        let _ = admin_stop.send(true);
+        let _ = tokio::time::timeout(ADMIN_STOP_WAIT, admin_task).await;
     }
 }
 
-async fn futures_join_all(tasks: Vec<JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
-    }
+fn refuse(metrics: &Metrics, reason: &str) {
+    metrics
+        .connections_refused
+        .with_label_values(&[reason])
+        .inc();
 }
 
 async fn accept_loop(
-    gw: Arc<Gateway>,
+    front: Arc<Front>,
     listener: TcpListener,
-    limits: Limits,
-    slots: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
+    open: mpsc::Sender<()>,
 ) {
-    let acceptor = TlsAcceptor::from(gw.tls_config.clone());
-    let graceful = GracefulShutdown::new();
-    let builders = Arc::new(Builders::new(&limits));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -123,43 +259,35 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = stop.changed() => break,
+            _ = phase.changed() => break,
         };
-        // Listener allow/deny: before any TLS work.
-        if !gw.snapshot().listener_policy.admits(peer.ip()) {
-            gw.metrics
-                .connections_refused
-                .with_label_values(&["policy"])
-                .inc();
-            drop(tcp);
+        let snap = front.gw.snapshot();
+        // Behind a trusted proxy the policy judges the client its PROXY header names.
+        let via_proxy = front.proxy_protocol && snap.is_trusted_proxy(peer.ip());
+        if !via_proxy && !snap.listener_policy.admits(peer.ip()) {
+            refuse(&front.gw.metrics, "policy");
             continue;
         }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            gw.metrics
-                .connections_refused
-                .with_label_values(&["max_connections"])
-                .inc();
-            drop(tcp);
+        drop(snap);
+        let Ok(permit) = front.slots.clone().try_acquire_owned() else {
+            refuse(&front.gw.metrics, "max_connections");
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let gw = gw.clone();
-        let acceptor = acceptor.clone();
-        let builders = builders.clone();
-        let hs_timeout = limits.tls_handshake_timeout;
-        tokio::spawn(async move {
-            gw.metrics.connections.inc();
-            serve_connection(&gw, acceptor, tcp, peer, hs_timeout, &builders, watcher).await;
-            gw.metrics.connections.dec();
-            drop(permit);
-        });
+        tokio::spawn(connection(
+            front.clone(),
+            tcp,
+            peer,
+            via_proxy,
+            permit,
+            phase.clone(),
+            open.clone(),
+        ));
     }
-    drop(listener);
-    graceful.shutdown().await;
+    // Dropping the listener here is what refuses new connections during the drain.
 }
 
-/// hyper connection builders, configured once per listener from the limits.
+/// hyper connection builders, configured once from the limits.
 struct Builders {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
@@ -169,7 +297,8 @@ impl Builders {
     fn new(limits: &Limits) -> Self {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            // Our own header-read timer replaces hyper's (see the module comment).
+            .header_read_timeout(None)
             .max_headers(limits.max_headers)
             .max_header_size(limits.max_header_size)
             .max_buf_size(limits.max_header_size.max(MIN_READ_BUF))
@@ -184,50 +313,415 @@ impl Builders {
     }
 }
 
-async fn serve_connection(
-    gw: &Arc<Gateway>,
-    acceptor: TlsAcceptor,
+/// One client connection, from accept to close.
+async fn connection(
+    front: Arc<Front>,
     tcp: TcpStream,
     peer: SocketAddr,
-    hs_timeout: Duration,
-    builders: &Builders,
-    watcher: hyper_util::server::graceful::Watcher,
+    via_proxy: bool,
+    _slot: OwnedSemaphorePermit,
+    mut phase: watch::Receiver<Phase>,
+    _open: mpsc::Sender<()>,
 ) {
-    let tls = match tokio::time::timeout(hs_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let reason = if e.kind() == std::io::ErrorKind::InvalidData {
+    let metrics = &front.gw.metrics;
+    metrics.connections.inc();
+    let setup = tokio::time::timeout(
+        front.limits.tls_handshake_timeout,
+        handshake(&front, tcp, peer, via_proxy),
+    );
+    let stopping = async {
+        while *phase.borrow_and_update() == Phase::Serving {
+            if phase.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    // A connection still shaking hands has no request to finish: the drain drops it.
+    let established = tokio::select! {
+        r = setup => match r {
+            Ok(r) => r,
+            Err(_) => {
+                metrics.tls_handshake_failures.with_label_values(&["timeout"]).inc();
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        },
+        _ = stopping => None,
+    };
+    if let Some((tls, client)) = established {
+        serve_http(&front, tls, ConnInfo { client, peer }, &mut phase).await;
+    }
+    metrics.connections.dec();
+}
+
+/// The PROXY header (from a trusted proxy) and the TLS handshake. `None` when the connection was
+/// refused or failed; the reason is counted.
+async fn handshake(
+    front: &Front,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    via_proxy: bool,
+) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
+    let metrics = &front.gw.metrics;
+    let mut client = peer;
+    if via_proxy {
+        match proxy_protocol::read_header(&mut tcp).await {
+            Ok(proxy_protocol::Header::Proxy { source, .. }) => {
+                client = SocketAddr::new(canonical_ip(source.ip()), source.port());
+                if !front.gw.snapshot().listener_policy.admits(client.ip()) {
+                    refuse(metrics, "policy");
+                    return None;
+                }
+            }
+            Ok(proxy_protocol::Header::Local) => {}
+            Err(e) => {
+                refuse(metrics, "proxy_protocol");
+                tracing::debug!(%peer, error = %e, "no valid PROXY header from a trusted proxy");
+                return None;
+            }
+        }
+    }
+    match front.acceptor.accept(tcp).await {
+        Ok(tls) => {
+            metrics.tls_handshakes.inc();
+            Some((tls, client))
+        }
+        Err(e) => {
+            let reason = if e.kind() == io::ErrorKind::InvalidData {
                 "protocol"
             } else {
                 "io"
             };
-            gw.metrics
+            metrics
                 .tls_handshake_failures
                 .with_label_values(&[reason])
                 .inc();
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
+            tracing::debug!(%peer, %client, error = %e, "TLS handshake failed");
+            None
         }
-        Err(_) => {
-            gw.metrics
-                .tls_handshake_failures
-                .with_label_values(&["timeout"])
-                .inc();
-            return;
-        }
-    };
-    gw.metrics.tls_handshakes.inc();
+    }
+}
+
+/// HTTP/1.1 or HTTP/2 (by ALPN) over an established TLS connection, until it closes.
+async fn serve_http(
+    front: &Front,
+    tls: TlsStream<TcpStream>,
+    info: ConnInfo,
+    phase: &mut watch::Receiver<Phase>,
+) {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let conn = Arc::new(ConnInfo { client: peer, peer });
-    let gw2 = gw.clone();
-    let svc = service_fn(move |req| gateway::handle(gw2.clone(), conn.clone(), req));
-    let io = TokioIo::new(tls);
-    let result = if h2 {
-        watcher.watch(builders.h2.serve_connection(io, svc)).await
-    } else {
-        watcher.watch(builders.h1.serve_connection(io, svc)).await
+    let act = Arc::new(Activity::new(h2));
+    let io = TokioIo::new(Tracked {
+        inner: tls,
+        act: act.clone(),
+    });
+    let peer = info.peer;
+    let info = Arc::new(info);
+    let gw = front.gw.clone();
+    let a = act.clone();
+    let svc = service_fn(move |req| {
+        let in_use = InUse::begin(a.clone());
+        let fut = gateway::handle(gw.clone(), info.clone(), req);
+        async move {
+            let resp = fut.await?;
+            Ok::<_, Infallible>(resp.map(|body| Guarded {
+                body,
+                _in_use: in_use,
+            }))
+        }
+    });
+    let ctx = Drive {
+        act: &act,
+        limits: &front.limits,
+        metrics: &front.gw.metrics,
+        peer,
     };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    if h2 {
+        let conn = front.builders.h2.serve_connection(io, svc);
+        ctx.run(conn, |c| c.graceful_shutdown(), phase).await;
+    } else {
+        let conn = front.builders.h1.serve_connection(io, svc);
+        ctx.run(conn, |c| c.graceful_shutdown(), phase).await;
+    }
+}
+
+struct Drive<'a> {
+    act: &'a Activity,
+    limits: &'a Limits,
+    metrics: &'a Metrics,
+    peer: SocketAddr,
+}
+
+impl Drive<'_> {
+    /// Runs a hyper connection to its end, applying the header-read and idle timers and the
+    /// drain phases. `graceful` starts hyper's graceful close of that connection.
+    async fn run<C>(
+        &self,
+        conn: C,
+        graceful: impl Fn(Pin<&mut C>),
+        phase: &mut watch::Receiver<Phase>,
+    ) where
+        C: Future<Output = hyper::Result<()>>,
+    {
+        let mut conn = pin!(conn);
+        let mut closing = false;
+        let mut phase_open = true;
+        // Set when a timer closed the connection: the time it gets to finish closing.
+        let mut backstop: Option<Instant> = None;
+        if *phase.borrow_and_update() != Phase::Serving {
+            graceful(conn.as_mut());
+            closing = true;
+        }
+        loop {
+            let next = match backstop {
+                Some(at) => at,
+                None => match self.act.check(self.limits) {
+                    Ok(at) => at,
+                    Err(expired) => {
+                        self.metrics
+                            .connection_timeouts
+                            .with_label_values(&[expired.as_str()])
+                            .inc();
+                        tracing::debug!(peer = %self.peer, reason = expired.as_str(), "closing connection");
+                        if expired == Expired::HeaderRead {
+                            // A head that never completes would hold hyper forever: drop.
+                            return;
+                        }
+                        if !closing {
+                            graceful(conn.as_mut());
+                            closing = true;
+                        }
+                        backstop = Some(Instant::now() + CLOSE_GRACE);
+                        continue;
+                    }
+                },
+            };
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                changed = phase.changed(), if phase_open => {
+                    let now = match changed {
+                        Ok(()) => *phase.borrow_and_update(),
+                        // The server handle was dropped without a shutdown: stop gracefully.
+                        Err(_) => {
+                            phase_open = false;
+                            Phase::Draining
+                        }
+                    };
+                    match now {
+                        Phase::Serving => {}
+                        Phase::Draining if !closing => {
+                            graceful(conn.as_mut());
+                            closing = true;
+                        }
+                        Phase::Draining => {}
+                        Phase::Closing => return,
+                    }
+                }
+                _ = self.act.wake.notified() => {}
+                _ = tokio::time::sleep_until(next) => {
+                    if backstop.is_some_and(|at| Instant::now() >= at) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    HeaderRead,
+    Idle,
+}
+
+impl Expired {
+    fn as_str(self) -> &'static str {
+        match self {
+            Expired::HeaderRead => "header_read",
+            Expired::Idle => "idle",
+        }
+    }
+}
+
+/// What the connection's timers need to know: requests in progress, when it last went idle, and
+/// (HTTP/1.1) when the first byte of the next request arrived.
+struct Activity {
+    clock: Mutex<Clock>,
+    /// Set while an HTTP/1.1 connection is idle and no byte of a new request has come: the next
+    /// read records its time. Otherwise a read costs one relaxed load.
+    awaiting_byte: AtomicBool,
+    /// Wakes the connection's timer when the first byte moves its deadline.
+    wake: Notify,
+    h2: bool,
+}
+
+struct Clock {
+    /// Requests whose response has not been completely sent.
+    active: usize,
+    /// When the last request ended (the TLS handshake's end before the first).
+    idle_since: Instant,
+    /// The first byte read since `idle_since` (HTTP/1.1).
+    first_byte: Option<Instant>,
+    /// Whether any request has started on this connection.
+    served: bool,
+}
+
+impl Activity {
+    fn new(h2: bool) -> Self {
+        Activity {
+            clock: Mutex::new(Clock {
+                active: 0,
+                idle_since: Instant::now(),
+                first_byte: None,
+                served: false,
+            }),
+            awaiting_byte: AtomicBool::new(!h2),
+            wake: Notify::new(),
+            h2,
+        }
+    }
+
+    fn on_read(&self) {
+        if self.awaiting_byte.load(Ordering::Relaxed)
+            && self.awaiting_byte.swap(false, Ordering::Relaxed)
+        {
+            let mut c = self.clock.lock().unwrap();
+            if c.active == 0 && c.first_byte.is_none() {
+                c.first_byte = Some(Instant::now());
+                drop(c);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// The next time to look again, or which timer ran out.
+    fn check(&self, limits: &Limits) -> Result<Instant, Expired> {
+        let now = Instant::now();
+        let c = self.clock.lock().unwrap();
+        if c.active > 0 {
+            // Nothing can expire while a request runs; its end only moves deadlines later.
+            return Ok(now + limits.idle_timeout);
+        }
+        let (deadline, what) = if !self.h2 && (!c.served || c.first_byte.is_some()) {
+            let from = c.first_byte.unwrap_or(c.idle_since);
+            (from + limits.header_read_timeout, Expired::HeaderRead)
+        } else {
+            (c.idle_since + limits.idle_timeout, Expired::Idle)
+        };
+        if now >= deadline {
+            Err(what)
+        } else {
+            Ok(deadline)
+        }
+    }
+}
+
+/// One request in progress on a connection: from the service call until its response body has
+/// been sent (or dropped).
+struct InUse(Arc<Activity>);
+
+impl InUse {
+    fn begin(act: Arc<Activity>) -> InUse {
+        {
+            let mut c = act.clock.lock().unwrap();
+            c.active += 1;
+            c.served = true;
+        }
+        act.awaiting_byte.store(false, Ordering::Relaxed);
+        InUse(act)
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let mut c = self.0.clock.lock().unwrap();
+        c.active -= 1;
+        if c.active == 0 {
+            c.idle_since = Instant::now();
+            c.first_byte = None;
+            self.0.awaiting_byte.store(!self.0.h2, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is done.
+struct Guarded<B> {
+    body: B,
+    _in_use: InUse,
+}
+
+impl<B: Body + Unpin> Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The TLS stream, noting when bytes arrive (for the header-read timer).
+struct Tracked<T> {
+    inner: T,
+    act: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.act.on_read();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
