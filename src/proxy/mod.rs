@@ -68,6 +68,7 @@ pub async fn forward(
         Endpoint::Swagger => "/swagger.json",
     };
     let query = parts.uri.query();
+    let mut headers = parts.headers;
     let client = clients.get(svc.upstream.protocol);
     let body = ReclaimableBody::new(Limited::new(body, svc.config.max_body as usize));
     let slot = body.slot.clone();
@@ -96,7 +97,13 @@ pub async fn forward(
         let mut req = Request::new(Either::Left(b));
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = backend_uri(&backend, path, query);
-        *req.headers_mut() = parts.headers.clone();
+        // Only a first attempt with another backend to fall back on keeps a copy of the headers
+        // for the retry; otherwise they move (a header map clone is a dozen allocations).
+        *req.headers_mut() = if tried.is_none() && svc.upstream.backends.len() > 1 {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
         let sent = tokio::time::timeout_at(deadline, client.request(req)).await;
         match sent {
             Ok(Ok(response)) => {
