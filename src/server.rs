@@ -325,9 +325,11 @@ async fn connection(
 ) {
     let metrics = &front.gw.metrics;
     metrics.connections.inc();
+    // Boxed: the handshake's state is large and lives only until the handshake ends, so it
+    // must not stay part of this task's future for the connection's whole life (idle memory).
     let setup = tokio::time::timeout(
         front.limits.tls_handshake_timeout,
-        handshake(&front, tcp, peer, via_proxy),
+        Box::pin(handshake(&front, tcp, peer, via_proxy)),
     );
     let stopping = async {
         while *phase.borrow_and_update() == Phase::Serving {
@@ -436,12 +438,14 @@ async fn serve_http(
         metrics: &front.gw.metrics,
         peer,
     };
+    // Each protocol's connection is boxed on its own, so an HTTP/1.1 connection does not carry
+    // room for the (larger) HTTP/2 state, and vice versa.
     if h2 {
         let conn = front.builders.h2.serve_connection(io, svc);
-        ctx.run(conn, |c| c.graceful_shutdown(), phase).await;
+        Box::pin(ctx.run(conn, |c| c.graceful_shutdown(), phase)).await;
     } else {
         let conn = front.builders.h1.serve_connection(io, svc);
-        ctx.run(conn, |c| c.graceful_shutdown(), phase).await;
+        Box::pin(ctx.run(conn, |c| c.graceful_shutdown(), phase)).await;
     }
 }
 
