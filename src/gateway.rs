@@ -92,7 +92,8 @@ pub async fn handle(
         bytes_in: body.size_hint().exact(),
     };
 
-    let mut resp = match admit(&gw, &snap, &mut parts, &body, &mut ctx) {
+    let version = parts.version;
+    let resp = match admit(&gw, &snap, &parts, &body, &mut ctx) {
         Ok((svc, endpoint)) => {
             let host = authority_header(&parts);
             let fwd = ForwardedFor {
@@ -113,9 +114,12 @@ pub async fn handle(
                 }
                 Err((err, backend)) => {
                     ctx.backend = backend;
-                    let mut r = err.to_response().map(Either::Right);
-                    if matches!(err, GatewayError::PayloadTooLarge { .. }) {
-                        // The rest of the body is still on the wire: close after answering.
+                    let mut r = error_response(&err, &ctx);
+                    if version < Version::HTTP_2
+                        && matches!(err, GatewayError::PayloadTooLarge { .. })
+                    {
+                        // The rest of the body is still on the wire: close after answering
+                        // (HTTP/1.x only; on HTTP/2 the stream ends and the connection stays).
                         r.headers_mut()
                             .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     }
@@ -127,11 +131,11 @@ pub async fn handle(
             if let GatewayError::Unauthorized { reason, .. } = &err {
                 ctx.auth = AuthOutcome::Failed(*reason);
             }
-            refuse_early(err, parts.version, &parts.headers, body).await
+            let resp = error_response(&err, &ctx);
+            refuse_early(resp, version, &parts.headers, body).await
         }
     };
 
-    finish_headers(&mut resp, &ctx);
     observe(&gw, &ctx, &resp, started);
     Ok(resp)
 }
@@ -160,7 +164,7 @@ impl Drop for Counted<'_> {
 fn admit(
     gw: &Gateway,
     snap: &Snapshot,
-    parts: &mut http::request::Parts,
+    parts: &http::request::Parts,
     body: &Incoming,
     ctx: &mut RequestCtx,
 ) -> Result<(Arc<Service>, Endpoint), GatewayError> {
@@ -246,12 +250,11 @@ fn respond(resp: Response<Incoming>, guard: InFlight, ctx: &RequestCtx) -> Respo
 
 /// Answers a request refused before its body was read, without leaving the body behind.
 async fn refuse_early(
-    err: GatewayError,
+    mut resp: Response<RespBody>,
     version: Version,
     h: &http::HeaderMap,
     body: Incoming,
 ) -> Response<RespBody> {
-    let mut resp = err.to_response().map(Either::Right);
     if body.is_end_stream() {
         return resp;
     }
@@ -301,13 +304,17 @@ async fn drain(h: &http::HeaderMap, body: Incoming) -> bool {
     discard(body, DRAIN_MAX, DRAIN_TIMEOUT).await
 }
 
-/// Headers every response carries: exactly one `x-ms-request-id` (ours), the client's request id.
-fn finish_headers(resp: &mut Response<RespBody>, ctx: &RequestCtx) {
+/// A response the gateway makes itself: the contract's JSON error plus the headers every response
+/// carries (our `x-ms-request-id`, the client's request id). Backend answers get the same headers
+/// from `headers::rewrite_response`.
+fn error_response(err: &GatewayError, ctx: &RequestCtx) -> Response<RespBody> {
+    let mut resp = err.to_response().map(Either::Right);
     let h = resp.headers_mut();
     h.insert(headers::X_MS_REQUEST_ID, ctx.request_id.clone());
     if let Some(c) = &ctx.client_request_id {
         h.insert(X_MS_CLIENT_REQUEST_ID, c.clone());
     }
+    resp
 }
 
 /// Metrics and the access log line. Never logs a credential.
