@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use scoregate::config::{AuthMode, Config};
@@ -105,17 +105,9 @@ async fn raw_exchange(tls: &mut TlsStream<TcpStream>, request: &[u8]) -> String 
 }
 
 async fn metric(gw: &Gw, name_and_labels: &str) -> f64 {
-    let tcp = TcpStream::connect(gw.admin).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let text = admin_request(gw.admin, "GET", "/metrics", None, "")
         .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get("/metrics")
-        .header("host", "admin")
-        .body(Full::<Bytes>::default())
-        .unwrap();
-    let resp = tx.send_request(req).await.unwrap();
-    let text = resp.into_body().collect().await.unwrap().to_bytes();
+        .body;
     String::from_utf8_lossy(&text)
         .lines()
         .find_map(|l| {

@@ -121,36 +121,8 @@ fn service_toml(name: &str, auth: &str, backends: &[&Backend], extra: &str) -> S
 
 /// A request to the admin API; `(status, body)`.
 async fn admin(addr: SocketAddr, token: &str, method: &str, path: &str) -> (u16, String) {
-    let fut = async {
-        let tcp = TcpStream::connect(addr).await?;
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(conn);
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "admin");
-        if !token.is_empty() {
-            b = b.header("authorization", format!("Bearer {token}"));
-        }
-        let resp = tx
-            .send_request(b.body(Full::<Bytes>::default()).unwrap())
-            .await
-            .map_err(std::io::Error::other)?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(std::io::Error::other)?
-            .to_bytes();
-        Ok::<_, std::io::Error>((status, String::from_utf8_lossy(&body).into_owned()))
-    };
-    tokio::time::timeout(STEP, fut)
-        .await
-        .expect("admin request timed out")
-        .expect("admin request")
+    let r = admin_request(addr, method, path, (!token.is_empty()).then_some(token), "").await;
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
 async fn reload(gw: &Gw, token: &str) -> (u16, serde_json::Value) {

@@ -21,7 +21,7 @@ use scoregate::config::{AuthMode, HealthConfig, ServiceConfig};
 use scoregate::proxy::upstream::Backend as GwBackend;
 use scoregate::state::Service;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 const BODY: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
@@ -148,20 +148,16 @@ async fn score(client: &TlsClient, addr: SocketAddr, service: &str) -> (Resp, Du
 
 /// The service's `state` as the admin API reports it.
 async fn admin_state(gw: &Gw, name: &str) -> String {
-    let tcp = TcpStream::connect(gw.admin).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get(format!("/v1/services/{name}"))
-        .header("host", "admin")
-        .header("authorization", format!("Bearer {}", gw.admin_token()))
-        .body(Full::<Bytes>::default())
-        .unwrap();
-    let resp = tx.send_request(req).await.unwrap();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    v["state"].as_str().unwrap().to_string()
+    let token = gw.admin_token();
+    let r = admin_request(
+        gw.admin,
+        "GET",
+        &format!("/v1/services/{name}"),
+        Some(&token),
+        "",
+    )
+    .await;
+    r.json()["state"].as_str().unwrap().to_string()
 }
 
 fn limited(name: &str, backends: &[String], limit: usize, wait: Duration) -> ServiceConfig {

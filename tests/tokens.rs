@@ -23,38 +23,7 @@ fn now() -> u64 {
 }
 
 async fn admin(gw: &Gw, method: &str, path: &str, token: Option<&str>, body: &str) -> Resp {
-    let tcp = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
-    let (mut s, c) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(c);
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin");
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    let resp = s
-        .send_request(
-            b.body(http_body_util::Full::new(bytes::Bytes::from(
-                body.to_string(),
-            )))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = http_body_util::BodyExt::collect(body)
-        .await
-        .unwrap()
-        .to_bytes();
-    Resp {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-        version: parts.version,
-    }
+    admin_request(gw.admin, method, path, token, body).await
 }
 
 async fn get_token(gw: &Gw, service: &str) -> Value {

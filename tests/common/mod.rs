@@ -577,3 +577,44 @@ pub fn leaf_serial(leaf: &Leaf) -> String {
     let der = rustls_pki_types::CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
     serial_of(der.as_ref())
 }
+
+/// One request to an admin listener (plain HTTP/1.1), fully read; `token` goes in
+/// `Authorization: Bearer`. Bounded by `STEP`.
+pub async fn admin_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Resp {
+    let fut = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .expect("connect to the admin listener");
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "admin");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = tx
+            .send_request(b.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+            .await
+            .expect("admin response");
+        let (parts, body) = resp.into_parts();
+        Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: body.collect().await.expect("admin body").to_bytes(),
+            version: parts.version,
+        }
+    };
+    tokio::time::timeout(STEP, fut)
+        .await
+        .expect("admin request timed out")
+}
