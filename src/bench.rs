@@ -9,8 +9,8 @@
 //!
 //! Modes: `keepalive` (N HTTP/1.1 connections, one request in flight each), `h2` (N HTTP/2
 //! connections × M streams), `handshake` (a new TCP + TLS connection per request, not resumed
-//! unless `--resume`), `idle` (K connections opened, one request each, then held: the gateway's RSS
-//! growth per connection). Latency goes into one HDR histogram per task, merged at the end; only
+//! unless `--resume`), `idle` (K connections opened, one request each, or none with `--idle-fresh`, then
+//! held: the gateway's RSS growth per connection). Latency goes into one HDR histogram per task, merged at the end; only
 //! requests that complete inside the measured window (after the warm-up) count, and the gateway's
 //! CPU is read at the same two instants.
 //!
@@ -102,6 +102,10 @@ pub struct BenchArgs {
     /// Idle mode: how long the connections are held before the RSS is read.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub idle_hold: Duration,
+    /// Idle mode: hold the connections right after the TLS handshake, without a request (the
+    /// default sends one request on each first).
+    #[arg(long)]
+    pub idle_fresh: bool,
     /// Deadline of one connect + handshake, and of one request.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -1400,6 +1404,8 @@ fn clear_progress() {
 
 struct IdleReport {
     requested: usize,
+    /// Held right after the handshake, without a request.
+    fresh: bool,
     opened: usize,
     open_s: f64,
     hold: Duration,
@@ -1410,21 +1416,32 @@ struct IdleReport {
     cpu_open_s: Option<f64>,
 }
 
-/// A held connection: its sender keeps it open; the task that drives it ends when dropped.
+/// A held connection: the TLS stream itself (fresh), or the sender of the hyper connection whose
+/// task drives it (after a request); the task ends when this is dropped.
 struct Held {
-    sender: http1::SendRequest<Full<Bytes>>,
-    task: tokio::task::JoinHandle<()>,
+    _fresh: Option<TlsStream<TcpStream>>,
+    sender: Option<http1::SendRequest<Full<Bytes>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
-async fn open_idle(ctx: Arc<Ctx>, deadline: Instant) -> Result<Held, Failure> {
+async fn open_idle(ctx: Arc<Ctx>, deadline: Instant, fresh: bool) -> Result<Held, Failure> {
     let one = async {
         let tls = connect(&ctx).await?;
+        if fresh {
+            return Ok(Held {
+                _fresh: Some(tls),
+                sender: None,
+                task: None,
+            });
+        }
         let (sender, conn) = http1::handshake(TokioIo::new(tls))
             .await
             .map_err(Failure::hyper)?;
@@ -1432,8 +1449,14 @@ async fn open_idle(ctx: Arc<Ctx>, deadline: Instant) -> Result<Held, Failure> {
             let _ = conn.await;
         });
         // Built first, so that a failed request aborts the connection's task too.
-        let mut held = Held { sender, task };
-        request_h1(&mut held.sender, &ctx.req).await?;
+        let mut held = Held {
+            _fresh: None,
+            sender: Some(sender),
+            task: Some(task),
+        };
+        if let Some(sender) = held.sender.as_mut() {
+            request_h1(sender, &ctx.req).await?;
+        }
         Ok(held)
     };
     tokio::time::timeout_at(deadline, one)
@@ -1450,13 +1473,14 @@ async fn idle_run(ctx: &Arc<Ctx>, setup: &Setup, args: &BenchArgs, st: &mut Stat
     let open_limit = t0 + IDLE_OPEN_LIMIT;
     let sem = Arc::new(tokio::sync::Semaphore::new(IDLE_CONCURRENCY));
     let mut set = JoinSet::new();
+    let fresh = args.idle_fresh;
     for _ in 0..args.idle_conns {
         let ctx = ctx.clone();
         let sem = sem.clone();
         set.spawn(async move {
             let _permit = sem.acquire_owned().await;
             let deadline = (Instant::now() + ctx.timeout).min(open_limit);
-            open_idle(ctx, deadline).await
+            open_idle(ctx, deadline, fresh).await
         });
     }
     let progress_task = (!args.quiet).then(|| {
@@ -1503,6 +1527,7 @@ async fn idle_run(ctx: &Arc<Ctx>, setup: &Setup, args: &BenchArgs, st: &mut Stat
     tokio::time::sleep(Duration::from_secs(1)).await;
     IdleReport {
         requested: args.idle_conns,
+        fresh: args.idle_fresh,
         opened,
         open_s,
         hold: args.idle_hold,
@@ -1677,6 +1702,7 @@ impl Report {
             v["connections"] = json!(i.requested);
             v["idle"] = json!({
                 "requested": i.requested,
+                "fresh": i.fresh,
                 "opened": i.opened,
                 "failed": self.stats.errors.total(),
                 "open_s": round(i.open_s, 3),
@@ -1771,8 +1797,13 @@ impl Report {
                 ]],
             );
             println!(
-                "\n{} idle TLS connections (HTTP/1.1, one request each) held {}; RSS read from {}.",
+                "\n{} idle TLS connections (HTTP/1.1, {}) held {}; RSS read from {}.",
                 i.opened,
+                if i.fresh {
+                    "no request, handshake only"
+                } else {
+                    "one request each"
+                },
                 humantime::format_duration(i.hold),
                 self.gateway
             );

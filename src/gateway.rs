@@ -106,7 +106,10 @@ pub async fn handle(
             };
             headers::rewrite_request(&mut parts.headers, &fwd, &ctx.request_id);
             let sent_at = Instant::now();
-            match proxy::forward(&gw.clients, &svc, endpoint, parts, body).await {
+            // Boxed, like `refuse_early` below: hyper keeps room for this future on every
+            // connection, busy or idle, so its size is idle memory; a box per request is cheaper.
+            let forwarded = Box::pin(proxy::forward(&gw.clients, &svc, endpoint, parts, body));
+            match forwarded.await {
                 Ok(f) => {
                     ctx.backend_elapsed = Some(sent_at.elapsed());
                     ctx.backend = Some(f.backend.clone());
@@ -132,7 +135,8 @@ pub async fn handle(
                 ctx.auth = AuthOutcome::Failed(*reason);
             }
             let resp = error_response(&err, &ctx);
-            refuse_early(resp, version, &parts.headers, body).await
+            let refused = Box::pin(refuse_early(resp, version, &parts.headers, body));
+            refused.await
         }
     };
 

@@ -363,7 +363,7 @@ async fn handshake(
     mut tcp: TcpStream,
     peer: SocketAddr,
     via_proxy: bool,
-) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
+) -> Option<(Box<TlsStream<TcpStream>>, SocketAddr)> {
     let metrics = &front.gw.metrics;
     let mut client = peer;
     if via_proxy {
@@ -386,7 +386,9 @@ async fn handshake(
     match front.acceptor.accept(tcp).await {
         Ok(tls) => {
             metrics.tls_handshakes.inc();
-            Some((tls, client))
+            // Boxed: rustls' connection state is 1.2 KB, and moving it through the futures that
+            // follow would leave a copy's room in each of them.
+            Some((Box::new(tls), client))
         }
         Err(e) => {
             let reason = if e.kind() == io::ErrorKind::InvalidData {
@@ -407,12 +409,17 @@ async fn handshake(
 /// HTTP/1.1 or HTTP/2 (by ALPN) over an established TLS connection, until it closes.
 async fn serve_http(
     front: &Front,
-    tls: TlsStream<TcpStream>,
+    tls: Box<TlsStream<TcpStream>>,
     info: ConnInfo,
     phase: &mut watch::Receiver<Phase>,
 ) {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let act = Arc::new(Activity::new(h2));
+    // HTTP/1.1 clients often connect ahead of need; hyper allocates its buffers (16 KiB) when
+    // it starts, so it starts only once the first request begins to arrive.
+    if !h2 && !first_bytes(front, &tls, &act, info.peer, phase).await {
+        return;
+    }
     let io = TokioIo::new(Tracked {
         inner: tls,
         act: act.clone(),
@@ -421,31 +428,84 @@ async fn serve_http(
     let info = Arc::new(info);
     let gw = front.gw.clone();
     let a = act.clone();
-    let svc = service_fn(move |req| {
-        let in_use = InUse::begin(a.clone());
-        let fut = gateway::handle(gw.clone(), info.clone(), req);
-        async move {
-            let resp = fut.await?;
-            Ok::<_, Infallible>(resp.map(|body| Guarded {
-                body,
-                _in_use: in_use,
-            }))
-        }
-    });
+    let svc = service_fn(move |req| serve_request(gw.clone(), info.clone(), a.clone(), req));
     let ctx = Drive {
         act: &act,
         limits: &front.limits,
         metrics: &front.gw.metrics,
         peer,
     };
-    // Each protocol's connection is boxed on its own, so an HTTP/1.1 connection does not carry
-    // room for the (larger) HTTP/2 state, and vice versa.
+    // Future sizes are idle memory: every connection holds its own for its whole life, and hyper
+    // holds room for one `serve_request` future. So each protocol's connection is pinned in its
+    // own branch (an HTTP/1.1 connection has no room for HTTP/2 state), and futures are built in
+    // `let` statements, because temporaries inside an `.await` statement stay in the state.
     if h2 {
-        let conn = front.builders.h2.serve_connection(io, svc);
-        Box::pin(ctx.run(conn, |c| c.graceful_shutdown(), phase)).await;
+        let mut conn = pin!(front.builders.h2.serve_connection(io, svc));
+        let run = ctx.run(conn.as_mut(), |c| c.graceful_shutdown(), phase);
+        run.await;
     } else {
-        let conn = front.builders.h1.serve_connection(io, svc);
-        Box::pin(ctx.run(conn, |c| c.graceful_shutdown(), phase)).await;
+        let mut conn = pin!(front.builders.h1.serve_connection(io, svc));
+        let run = ctx.run(conn.as_mut(), |c| c.graceful_shutdown(), phase);
+        run.await;
+    }
+}
+
+/// One request: `gateway::handle`, with the request counted as in progress on its connection
+/// (for the idle timer) until its response body has been sent.
+async fn serve_request(
+    gw: Arc<Gateway>,
+    info: Arc<ConnInfo>,
+    act: Arc<Activity>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Guarded<gateway::RespBody>>, Infallible> {
+    let in_use = InUse::begin(act);
+    let resp = gateway::handle(gw, info, req).await?;
+    Ok(resp.map(|body| Guarded {
+        body,
+        _in_use: in_use,
+    }))
+}
+
+/// Waits, under the header-read timer and the drain, until an HTTP/1.1 connection has something
+/// to read: bytes on the socket, or plaintext rustls already holds (sent with the handshake's
+/// last flight). `false`: the gateway is draining or the client sent nothing in time.
+async fn first_bytes(
+    front: &Front,
+    tls: &TlsStream<TcpStream>,
+    act: &Activity,
+    peer: SocketAddr,
+    phase: &mut watch::Receiver<Phase>,
+) -> bool {
+    let (tcp, session) = tls.get_ref();
+    // rustls decrypts every complete record it has read, so unread data is either plaintext
+    // (then it does not want to read) or still in the socket.
+    if !session.wants_read() {
+        return true;
+    }
+    let Ok(deadline) = act.check(&front.limits) else {
+        return false;
+    };
+    let stopping = async {
+        while *phase.borrow_and_update() == Phase::Serving {
+            if phase.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        // An error is hyper's to find and report.
+        _ = tcp.readable() => true,
+        _ = stopping => false,
+        _ = tokio::time::sleep_until(deadline) => {
+            front
+                .gw
+                .metrics
+                .connection_timeouts
+                .with_label_values(&[Expired::HeaderRead.as_str()])
+                .inc();
+            tracing::debug!(%peer, reason = Expired::HeaderRead.as_str(), "closing connection");
+            false
+        }
     }
 }
 
@@ -461,13 +521,12 @@ impl Drive<'_> {
     /// drain phases. `graceful` starts hyper's graceful close of that connection.
     async fn run<C>(
         &self,
-        conn: C,
+        mut conn: Pin<&mut C>,
         graceful: impl Fn(Pin<&mut C>),
         phase: &mut watch::Receiver<Phase>,
     ) where
         C: Future<Output = hyper::Result<()>>,
     {
-        let mut conn = pin!(conn);
         let mut closing = false;
         let mut phase_open = true;
         // Set when a timer closed the connection: the time it gets to finish closing.

@@ -381,6 +381,56 @@ async fn idle_keep_alive_connections_close_after_idle_timeout() {
     gw.stop().await;
 }
 
+/// An HTTP/1.1 connection is handed to hyper only when its first request starts to arrive (it
+/// holds no HTTP buffers before): a request sent well after the handshake, or one whose first
+/// byte comes alone, is served; a connection that never sends anything does not hold up a drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_wait_before_their_first_request_are_served_and_drained() {
+    let _serial = SERIAL.lock().await;
+    let pki = Pki::new();
+    let backend = Backend::start().await;
+    let mut cfg = base(&pki, &backend);
+    cfg.limits.header_read_timeout = Duration::from_secs(2);
+    let gw = Gw::start(cfg).await;
+    let client = pki.client();
+    let request = "POST /api/v1/service/iris/score HTTP/1.1\r\nhost: localhost\r\n\
+                   content-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+
+    // Quiet for a while after the handshake, then the whole request.
+    let mut late = tls_from(&client, "127.0.0.1", gw.addr, b"").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let head = raw_exchange(&mut late, request.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The same connection serves a second request (hyper owns it now).
+    let head = raw_exchange(&mut late, request.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // The first byte alone, the rest later: the byte is not lost.
+    let mut split = tls_from(&client, "127.0.0.1", gw.addr, b"").await.unwrap();
+    split.write_all(&request.as_bytes()[..1]).await.unwrap();
+    split.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let head = raw_exchange(&mut split, &request.as_bytes()[1..]).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(backend.scored(), 3);
+
+    // A connection that sent nothing is closed by the drain, which does not wait for it.
+    let mut fresh = tls_from(&client, "127.0.0.1", gw.addr, b"").await.unwrap();
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(4), gw.stop())
+        .await
+        .expect("the drain waited for a connection that never sent a request");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(STEP, fresh.read(&mut buf))
+        .await
+        .expect("the fresh connection was left open");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    eprintln!(
+        "drain with a fresh connection took {:.0} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
 /// At `max_connections` a new connection is closed at once; when one closes, new ones are
 /// accepted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
