@@ -118,9 +118,15 @@ fn init_logging(format: LogFormat, access: bool) {
     }
 }
 
+/// `workers` = 1 gets tokio's current-thread scheduler: the same single thread of work without
+/// the multi-thread scheduler's cross-thread bookkeeping (work stealing, atomics, wake-ups).
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if workers > 1 {
         b.worker_threads(workers);
     }
     b.enable_all().build()
