@@ -25,12 +25,13 @@ use hyper::body::{Body, Incoming};
 use crate::auth::AuthOutcome;
 use crate::error::GatewayError;
 use crate::proxy::headers::{self, ForwardedFor, X_MS_CLIENT_REQUEST_ID};
+use crate::proxy::pool::PooledBody;
 use crate::proxy::{self, upstream::InFlight};
 use crate::route::{self, Endpoint};
 use crate::state::{Gateway, Service, Snapshot};
 
 /// What the client gets: the backend's streamed body, or a body the gateway made.
-pub type RespBody = Either<Incoming, Full<Bytes>>;
+pub type RespBody = Either<PooledBody, Full<Bytes>>;
 
 /// A refused request's body is read and thrown away up to this size so the connection can be
 /// reused; anything larger (or of unknown size) closes the connection instead.
@@ -108,7 +109,7 @@ pub async fn handle(
             let sent_at = Instant::now();
             // Boxed, like `refuse_early` below: hyper keeps room for this future on every
             // connection, busy or idle, so its size is idle memory; a box per request is cheaper.
-            let forwarded = Box::pin(proxy::forward(&gw.clients, &svc, endpoint, parts, body));
+            let forwarded = Box::pin(proxy::forward(&svc, endpoint, parts, body));
             match forwarded.await {
                 Ok(f) => {
                     ctx.backend_elapsed = Some(sent_at.elapsed());
@@ -241,7 +242,7 @@ fn authority_header(parts: &http::request::Parts) -> Option<HeaderValue> {
 }
 
 /// The backend's answer, passed through with the response header rules applied.
-fn respond(resp: Response<Incoming>, guard: InFlight, ctx: &RequestCtx) -> Response<RespBody> {
+fn respond(resp: Response<PooledBody>, guard: InFlight, ctx: &RequestCtx) -> Response<RespBody> {
     drop(guard);
     let (mut parts, body) = resp.into_parts();
     headers::rewrite_response(

@@ -3,7 +3,7 @@
 //!
 //! A request's path through the code, in order:
 //! `server` (accept, listener policy, TLS, HTTP/1.1 or HTTP/2) → `gateway::handle` (route, service
-//! policy, `auth`, admission) → `proxy` (backend choice, header rules, forwarding) → back through
+//! policy, `auth`, admission) → `proxy` (backend choice, header rules, pooled backend connections) → back through
 //! `gateway` (response headers, `metrics`, access log). Shared state lives in `state` (the
 //! snapshot swapped on reload); `config` and `tls` build it; `admin` is the operators' API.
 #![forbid(unsafe_code)]

@@ -1,6 +1,6 @@
 //! Shared state: the immutable `Snapshot` the hot path reads, and the long-lived `Gateway` that
 //! owns it, swaps it on reload, and holds what outlives snapshots (certificate resolver, key
-//! store, pooled clients, backend runtime state, metrics).
+//! store, backend runtime state and connection pools, metrics).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -15,7 +15,7 @@ use crate::auth::keys::{KeyStore, SharedKeys};
 use crate::auth::tokens::{ServiceTokens, Signer, TrustedIssuer};
 use crate::config::{AuthMode, Config, JwksSource, ServiceConfig};
 use crate::metrics::{Metrics, ServiceMetrics};
-use crate::proxy::upstream::{Backend, Clients, Upstream};
+use crate::proxy::upstream::{Backend, Upstream};
 use crate::tls::{CertStore, SniResolver};
 
 /// Client address rules: deny wins over allow; an empty allow list admits everyone.
@@ -91,7 +91,6 @@ pub struct Gateway {
     pub keystore: KeyStore,
     /// Signing keys of the tokens this gateway issues.
     pub signer: Signer,
-    pub clients: Clients,
     pub metrics: Metrics,
     /// Runtime state of backends by URL, shared by every snapshot that names them.
     backends: Mutex<HashMap<String, Weak<Backend>>>,
@@ -133,7 +132,6 @@ impl Gateway {
             tls_config,
             keystore,
             signer,
-            clients: Clients::new(),
             metrics,
             backends: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
@@ -174,7 +172,7 @@ impl Gateway {
         fresh.set_probe_settings(&sc.health, sc.backend_protocol);
         let b = Arc::new(fresh);
         map.insert(b.url.clone(), Arc::downgrade(&b));
-        crate::proxy::health::spawn_checker(&b, self.clients.clone());
+        crate::proxy::health::spawn_checker(&b);
         b
     }
 

@@ -724,3 +724,112 @@ async fn least_loaded_choice_sends_most_requests_to_the_faster_backend() {
     assert!(f >= 20, "slow {s}, fast {f}");
     gw.stop().await;
 }
+
+/// A keep-alive HTTP/1.1 backend that counts the connections it accepts and closes a
+/// connection that stays idle for `idle_close` (as gunicorn and most servers do).
+async fn keep_alive_backend(
+    idle_close: Duration,
+) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: head, then Content-Length body bytes; idle too long: close.
+                    let want = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                            break end + 4 + len;
+                        }
+                        match tokio::time::timeout(idle_close, s.read(&mut chunk)).await {
+                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => {
+                                let _ = s.shutdown().await;
+                                return;
+                            }
+                        }
+                    };
+                    while buf.len() < want {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..want);
+                    let out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+                    if s.write_all(out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+/// Backend connections are pooled: sequential requests share one, a burst opens more and later
+/// requests reuse them, and a connection the backend closed while idle is not used again (the
+/// request after it still succeeds).
+#[tokio::test]
+async fn backend_connections_are_reused_and_one_the_backend_closed_is_replaced() {
+    let _serial = SERIAL.lock().await;
+    let pki = Pki::new();
+    let (addr, accepted, task) = keep_alive_backend(Duration::from_millis(300)).await;
+    let mut s = service("pooled", AuthMode::None, &[format!("http://{addr}")]);
+    s.health = no_probes();
+    let gw = Gw::start(config(&pki, vec![s])).await;
+    let client = pki.client();
+    let mut c = client.h1(gw.addr).await;
+
+    for _ in 0..10 {
+        assert_eq!(c.score("pooled", "", BODY).await.status, 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "sequential requests share a connection"
+    );
+
+    // The backend closes its idle connection; the next requests get a new one.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for _ in 0..5 {
+        assert_eq!(c.score("pooled", "", BODY).await.status, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // A burst needs more connections; afterwards they are reused, not reopened.
+    let burst: Vec<_> = (0..6)
+        .map(|_| spawn_score(&client, gw.addr, "pooled"))
+        .collect();
+    for t in burst {
+        assert_eq!(t.await.unwrap().0.unwrap().status, 200);
+    }
+    let after_burst = accepted.load(Ordering::SeqCst);
+    assert!(
+        after_burst <= 2 + 6,
+        "{after_burst} connections for 6 requests"
+    );
+    for _ in 0..10 {
+        assert_eq!(c.score("pooled", "", BODY).await.status, 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        after_burst,
+        "pooled connections are reused"
+    );
+    task.abort();
+    gw.stop().await;
+}

@@ -12,17 +12,20 @@
 //!
 //! The task holds only a `Weak<Backend>` and ends at its next tick once no snapshot names the
 //! backend any more. `Gateway::backend` starts exactly one per backend, so several services or
-//! snapshots naming one URL share one checker. Probes go through the process's pooled clients.
+//! snapshots naming one URL share one checker. Probes go through the backend's connection pool.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Either, Empty, Limited};
 
-use super::upstream::{Backend, Clients};
+use super::pool::Pool;
+use super::upstream::{Backend, ProbeSettings};
+use crate::config::BackendProtocol;
 
 /// A probe answer is read (so its connection can be pooled again) up to this size; a liveness
 /// route answers a few bytes, anything larger is dropped unread with its connection.
@@ -32,14 +35,14 @@ const PROBE_USER_AGENT: &str = concat!("scoregate-health/", env!("CARGO_PKG_VERS
 
 /// Starts the active health check of `backend` on the current tokio runtime (none: no checks,
 /// e.g. a config check outside the server).
-pub fn spawn_checker(backend: &Arc<Backend>, clients: Clients) {
+pub fn spawn_checker(backend: &Arc<Backend>) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    rt.spawn(run(Arc::downgrade(backend), clients));
+    rt.spawn(run(Arc::downgrade(backend)));
 }
 
-async fn run(backend: Weak<Backend>, clients: Clients) {
+async fn run(backend: Weak<Backend>) {
     let Some(first) = backend.upgrade().map(|b| b.probe_settings()) else {
         return;
     };
@@ -54,16 +57,17 @@ async fn run(backend: Weak<Backend>, clients: Clients) {
         let settings = b.probe_settings();
         let h = &settings.health;
         next = tokio::time::Instant::now() + h.period;
-        let uri = Uri::builder()
-            .scheme(b.scheme.clone())
-            .authority(b.authority.clone())
-            .path_and_query(h.path.as_str())
-            .build();
         let url = b.url.clone();
+        let probe = PathAndQuery::try_from(h.path.as_str()).map(|pq| Probe {
+            pool: b.pool.clone(),
+            authority: b.authority.clone(),
+            host: b.host.clone(),
+            uri: b.request_uri(settings.protocol, pq),
+        });
         drop(b); // a probe in progress does not keep a removed backend alive
-        let ok = match uri {
-            Ok(uri) => probe(&clients, &settings, uri).await,
-            Err(e) => Err(format!("bad probe URI: {e}")),
+        let ok = match probe {
+            Ok(p) => p.send(&settings).await,
+            Err(e) => Err(format!("bad probe path: {e}")),
         };
         let Some(b) = backend.upgrade() else {
             return;
@@ -92,36 +96,46 @@ async fn run(backend: Weak<Backend>, clients: Clients) {
     }
 }
 
-/// One probe: a 2xx answer within the timeout is a success.
-async fn probe(
-    clients: &Clients,
-    settings: &super::upstream::ProbeSettings,
+/// One probe's target.
+struct Probe {
+    pool: Arc<Pool>,
+    authority: Authority,
+    host: HeaderValue,
     uri: Uri,
-) -> Result<(), String> {
-    let mut req = Request::new(Either::Right(Empty::new()));
-    *req.method_mut() = Method::GET;
-    *req.uri_mut() = uri;
-    req.headers_mut().insert(
-        header::USER_AGENT,
-        HeaderValue::from_static(PROBE_USER_AGENT),
-    );
-    let client = clients.get(settings.protocol);
-    let timeout = settings.health.timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
-        Err(_) => return Err(format!("no answer within {}", fmt(timeout))),
-        Ok(Err(e)) => return Err(super::DisplayChain(&e).to_string()),
-        Ok(Ok(r)) => r,
-    };
-    let status = resp.status();
-    // Read the (small) body so the connection can serve the next request; its fate does not
-    // change the verdict.
-    let body = Limited::new(resp.into_body(), PROBE_BODY_MAX).collect();
-    let _ = tokio::time::timeout_at(deadline, body).await;
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("status {status}"))
+}
+
+impl Probe {
+    /// A 2xx answer within the timeout is a success.
+    async fn send(self, settings: &ProbeSettings) -> Result<(), String> {
+        let mut req = Request::new(Either::Right(Empty::new()));
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = self.uri;
+        let h = req.headers_mut();
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(PROBE_USER_AGENT),
+        );
+        if settings.protocol == BackendProtocol::Http1 {
+            h.insert(header::HOST, self.host);
+        }
+        let timeout = settings.health.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let sent = self.pool.send(&self.authority, settings.protocol, req);
+        let resp = match tokio::time::timeout_at(deadline, sent).await {
+            Err(_) => return Err(format!("no answer within {}", fmt(timeout))),
+            Ok(Err(e)) => return Err(super::DisplayChain(&e).to_string()),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        // Read the (small) body so the connection can serve the next request; its fate does
+        // not change the verdict.
+        let body = Limited::new(resp.into_body(), PROBE_BODY_MAX).collect();
+        let _ = tokio::time::timeout_at(deadline, body).await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
     }
 }
 

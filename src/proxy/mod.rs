@@ -8,6 +8,7 @@
 
 pub mod headers;
 pub mod health;
+pub mod pool;
 pub mod upstream;
 
 use std::error::Error as StdError;
@@ -18,25 +19,27 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri};
+use http::{Request, Response, header};
 use http_body_util::{Either, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::config::BackendProtocol;
 use crate::error::GatewayError;
 use crate::route::Endpoint;
 use crate::state::Service;
-use upstream::{Backend, Clients, InFlight, Refusal};
+use pool::PooledBody;
+use upstream::{Backend, InFlight, Refusal};
 
 /// The outcome of a forward: the backend's response and which backend gave it.
 pub struct Forwarded {
-    pub response: Response<Incoming>,
+    pub response: Response<PooledBody>,
     pub backend: Arc<Backend>,
     pub guard: InFlight,
 }
 
-/// Builds the backend's request URI: backend + route path (+ the client's query, verbatim).
-fn backend_uri(b: &Backend, path: &str, query: Option<&str>) -> Uri {
-    let pq = match query {
+/// The backend's path: the route's (+ the client's query, verbatim).
+fn backend_path(path: &str, query: Option<&str>) -> PathAndQuery {
+    match query {
         Some(q) => {
             let mut s = String::with_capacity(path.len() + 1 + q.len());
             s.push_str(path);
@@ -46,18 +49,11 @@ fn backend_uri(b: &Backend, path: &str, query: Option<&str>) -> Uri {
         }
         None => PathAndQuery::try_from(path),
     }
-    .expect("path and query come from a parsed URI and a validated score_path");
-    Uri::builder()
-        .scheme(b.scheme.clone())
-        .authority(b.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .expect("valid parts")
+    .expect("path and query come from a parsed URI and a validated score_path")
 }
 
 /// Sends the request to a backend of `svc`. `parts` already carries the rewritten headers.
 pub async fn forward(
-    clients: &Clients,
     svc: &Service,
     endpoint: Endpoint,
     parts: Parts,
@@ -69,7 +65,7 @@ pub async fn forward(
     };
     let query = parts.uri.query();
     let mut headers = parts.headers;
-    let client = clients.get(svc.upstream.protocol);
+    let protocol = svc.upstream.protocol;
     let body = ReclaimableBody::new(Limited::new(body, svc.config.max_body as usize));
     let slot = body.slot.clone();
     let mut body = Some(body);
@@ -96,7 +92,7 @@ pub async fn forward(
             .unwrap_or_else(|| ReclaimableBody::reclaim(&slot));
         let mut req = Request::new(Either::Left(b));
         *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = backend_uri(&backend, path, query);
+        *req.uri_mut() = backend.request_uri(protocol, backend_path(path, query));
         // Only a first attempt with another backend to fall back on keeps a copy of the headers
         // for the retry; otherwise they move (a header map clone is a dozen allocations).
         *req.headers_mut() = if tried.is_none() && svc.upstream.backends.len() > 1 {
@@ -104,7 +100,14 @@ pub async fn forward(
         } else {
             std::mem::take(&mut headers)
         };
-        let sent = tokio::time::timeout_at(deadline, client.request(req)).await;
+        if protocol == BackendProtocol::Http1 {
+            req.headers_mut().insert(header::HOST, backend.host.clone());
+        }
+        let sent = tokio::time::timeout_at(
+            deadline,
+            backend.pool.send(&backend.authority, protocol, req),
+        )
+        .await;
         match sent {
             Ok(Ok(response)) => {
                 backend.connect_succeeded();

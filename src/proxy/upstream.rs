@@ -1,4 +1,4 @@
-//! Backends of a service, the pooled clients that reach them, and the choice of backend per
+//! Backends of a service, their connection pools (`pool`), and the choice of backend per
 //! request.
 //!
 //! This module owns the per-backend runtime state that every snapshot shares (a `Backend` is
@@ -35,27 +35,17 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::{Authority, Scheme};
+use http::Uri;
+use http::header::HeaderValue;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http_body_util::{Either, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Notify;
 
+use super::pool::Pool;
 use crate::config::{BackendProtocol, HealthConfig};
 
 /// What the gateway sends upstream: the client's body (length-limited), or nothing (probes).
 pub type UpstreamBody = Either<super::ReclaimableBody, Empty<Bytes>>;
-pub type HttpClient = Client<HttpConnector, UpstreamBody>;
-
-/// Connecting to a backend on the same network takes well under a second; a SYN that gets no
-/// answer in 5 s means the backend is gone, and the request can go elsewhere.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle pooled connections are closed after this: under azmlinfsrv/gunicorn's keep-alive
-/// default would be 2 s, but it closes every connection anyway; other servers keep them longer.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle connections kept per backend: enough for a burst of 256 concurrent requests to reuse.
-const POOL_MAX_IDLE_PER_HOST: usize = 256;
 
 /// Requests that may wait per concurrency slot of a service (limit × backends): a slot serves
 /// several queued requests within one `max_request_wait_time` when scoring takes a fraction of
@@ -70,45 +60,6 @@ pub const PASSIVE_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// The back-off doubles with each ejection in a row, up to this: a backend that stays down is
 /// tried twice a minute (the active check usually brings it back sooner).
 pub const PASSIVE_BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// The two pooled clients of the process (one per backend protocol). Pools are keyed by backend
-/// address, so they carry over reloads untouched. Cloning shares the pools.
-#[derive(Clone)]
-pub struct Clients {
-    http1: HttpClient,
-    h2c: HttpClient,
-}
-
-impl Clients {
-    pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.enforce_http(true);
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
-        let http1 = b.build(connector.clone());
-        b.http2_only(true);
-        let h2c = b.build(connector);
-        Clients { http1, h2c }
-    }
-
-    pub fn get(&self, p: BackendProtocol) -> &HttpClient {
-        match p {
-            BackendProtocol::Http1 => &self.http1,
-            BackendProtocol::H2c => &self.h2c,
-        }
-    }
-}
-
-impl Default for Clients {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// How the active health check probes a backend: the settings of the last service built that
 /// names it (services sharing a backend URL are expected to agree).
@@ -125,6 +76,10 @@ pub struct Backend {
     pub url: String,
     pub scheme: Scheme,
     pub authority: Authority,
+    /// The `Host` header of HTTP/1.1 requests to it.
+    pub host: HeaderValue,
+    /// Its connections (shared by every snapshot naming this URL).
+    pub pool: Arc<Pool>,
     /// Requests holding a slot on this backend (sent and not yet answered), across services.
     pub in_flight: AtomicUsize,
     /// The active health check's verdict (true until probes say otherwise).
@@ -155,6 +110,9 @@ impl Backend {
                 .authority()
                 .cloned()
                 .expect("validated backend URL has a host"),
+            host: HeaderValue::from_str(uri.authority().unwrap().as_str())
+                .expect("an authority is a valid header value"),
+            pool: Arc::default(),
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             connect_failures: AtomicU32::new(0),
@@ -166,6 +124,20 @@ impl Backend {
                 health: HealthConfig::default(),
                 protocol: BackendProtocol::Http1,
             }),
+        }
+    }
+
+    /// The URI of a request to this backend: origin-form over HTTP/1.1 (with `host` as its
+    /// `Host`), absolute over HTTP/2, where it becomes `:scheme` and `:authority`.
+    pub fn request_uri(&self, protocol: BackendProtocol, pq: PathAndQuery) -> Uri {
+        match protocol {
+            BackendProtocol::Http1 => Uri::from(pq),
+            BackendProtocol::H2c => Uri::builder()
+                .scheme(self.scheme.clone())
+                .authority(self.authority.clone())
+                .path_and_query(pq)
+                .build()
+                .expect("valid parts"),
         }
     }
 

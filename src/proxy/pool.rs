@@ -1,0 +1,307 @@
+//! Connections to one backend: a stack of idle HTTP/1.1 connections, or one shared HTTP/2 (h2c)
+//! connection, each driven by its own task.
+//!
+//! A request takes the most recently used idle HTTP/1.1 connection (LIFO: the warmest one, and
+//! the rarely used ones at the bottom age out after `IDLE_TIMEOUT`) or opens a new one, and the
+//! connection goes back on the stack when the response body has been read to its end
+//! (`PooledBody`). A body dropped before its end leaves the connection out: hyper closes it.
+//! This replaces hyper-util's general-purpose pooled client on the hot path: no pool key to hash,
+//! no checkout future, no task spawned per request to wait for the connection to be reusable.
+//!
+//! A pooled connection the backend has closed meanwhile (its keep-alive ran out) is found out
+//! either before sending (the sender reports closed) or when hyper gives the request back unsent
+//! (`try_send_request`): then the request goes on another connection. A request that was sent is
+//! never resent.
+
+use std::collections::VecDeque;
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::upstream::UpstreamBody;
+use crate::config::BackendProtocol;
+
+/// Connecting to a backend on the same network takes well under a second; a SYN that gets no
+/// answer in 5 s means the backend is gone, and the request can go elsewhere.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections older than this are closed rather than reused: under azmlinfsrv/gunicorn's
+/// keep-alive default would be 2 s, but it closes every connection anyway; other servers keep
+/// them longer.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections kept per backend: enough for a burst of 256 concurrent requests to reuse.
+const MAX_IDLE: usize = 256;
+/// Requests that find a pooled connection closed under them try this many more connections
+/// (the last one always new) before giving up.
+const MAX_UNSENT_RETRIES: usize = 2;
+
+/// Why a request got no response from the backend.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be opened: nothing was sent.
+    Connect(io::Error),
+    /// The request failed on an open connection (it may have been sent).
+    Request(hyper::Error),
+}
+
+impl SendError {
+    /// True when nothing reached the backend because it could not be connected to.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
+    }
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Connect(_) => f.write_str("cannot connect to backend"),
+            SendError::Request(_) => f.write_str("backend request failed"),
+        }
+    }
+}
+
+impl StdError for SendError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            SendError::Connect(e) => Some(e),
+            SendError::Request(e) => Some(e),
+        }
+    }
+}
+
+struct Idle {
+    tx: http1::SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// The connections to one backend (part of `Backend`, so it carries over reloads).
+#[derive(Default)]
+pub struct Pool {
+    /// Idle HTTP/1.1 connections; the back is the most recently used.
+    h1: Mutex<VecDeque<Idle>>,
+    /// The shared HTTP/2 connection, once opened.
+    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("idle_h1", &self.h1.lock().unwrap().len())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Sends `req` (whose URI and `Host` the caller has set for `protocol`) on a connection to
+    /// `authority`.
+    pub async fn send(
+        self: &Arc<Self>,
+        authority: &Authority,
+        protocol: BackendProtocol,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        match protocol {
+            BackendProtocol::Http1 => self.send_h1(authority, req).await,
+            BackendProtocol::H2c => self.send_h2(authority, req).await,
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        authority: &Authority,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let mut retries = 0;
+        loop {
+            // The last try always gets a fresh connection.
+            let pooled = if retries < MAX_UNSENT_RETRIES {
+                self.checkout().await
+            } else {
+                None
+            };
+            let mut tx = match pooled {
+                Some(tx) => tx,
+                None => connect_h1(authority).await?,
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    return Ok(resp.map(|body| PooledBody {
+                        body,
+                        back: Some((self.clone(), tx)),
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the connection was closed under us. Try another.
+                    Some(unsent) if retries < MAX_UNSENT_RETRIES => {
+                        tracing::debug!(backend = %authority, error = %e.error(), "pooled connection closed, retrying the request on another");
+                        req = unsent;
+                        retries += 1;
+                    }
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still usable.
+    async fn checkout(&self) -> Option<http1::SendRequest<UpstreamBody>> {
+        loop {
+            let idle = self.h1.lock().unwrap().pop_back()?;
+            if idle.since.elapsed() >= IDLE_TIMEOUT {
+                // Everything below it is older still.
+                self.h1.lock().unwrap().clear();
+                return None;
+            }
+            let mut tx = idle.tx;
+            // Usually ready at once; right after a checkin the connection's task may still be
+            // finishing the previous exchange.
+            if tx.ready().await.is_ok() {
+                return Some(tx);
+            }
+        }
+    }
+
+    fn checkin(&self, tx: http1::SendRequest<UpstreamBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut idle = self.h1.lock().unwrap();
+        if idle.len() >= MAX_IDLE {
+            idle.pop_front();
+        }
+        idle.push_back(Idle {
+            tx,
+            since: Instant::now(),
+        });
+    }
+
+    async fn send_h2(
+        &self,
+        authority: &Authority,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let shared = self.h2.lock().unwrap().clone();
+        let mut tx = match shared {
+            Some(tx) if !tx.is_closed() => tx,
+            _ => {
+                let tx = connect_h2(authority).await?;
+                *self.h2.lock().unwrap() = Some(tx.clone());
+                tx
+            }
+        };
+        let resp = tx.send_request(req).await.map_err(SendError::Request)?;
+        Ok(resp.map(|body| PooledBody { body, back: None }))
+    }
+}
+
+async fn connect_tcp(authority: &Authority) -> Result<TcpStream, SendError> {
+    // `Authority::host` keeps an IPv6 address's brackets; the resolver wants it bare.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err(SendError::Connect(e)),
+        Err(_) => {
+            return Err(SendError::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
+            )));
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+async fn connect_h1(authority: &Authority) -> Result<http1::SendRequest<UpstreamBody>, SendError> {
+    let tcp = connect_tcp(authority).await?;
+    let (tx, conn) = http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(SendError::Request)?;
+    let backend = authority.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%backend, error = %e, "backend connection ended with an error");
+        }
+    });
+    Ok(tx)
+}
+
+async fn connect_h2(authority: &Authority) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
+    let tcp = connect_tcp(authority).await?;
+    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(SendError::Request)?;
+    let backend = authority.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%backend, error = %e, "backend connection ended with an error");
+        }
+    });
+    Ok(tx)
+}
+
+/// A backend's response body that puts its HTTP/1.1 connection back in the pool once read to
+/// the end.
+pub struct PooledBody {
+    body: Incoming,
+    back: Option<(Arc<Pool>, http1::SendRequest<UpstreamBody>)>,
+}
+
+impl PooledBody {
+    fn done(&mut self) {
+        if let Some((pool, tx)) = self.back.take() {
+            pool.checkin(tx);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.body).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => self.done(),
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // hyper stops polling a body that says it has ended; only an unfinished one is lost.
+        if self.body.is_end_stream() {
+            self.done();
+        }
+    }
+}
