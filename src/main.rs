@@ -103,14 +103,18 @@ struct ValueFlag {
 }
 
 fn init_logging(format: LogFormat, access: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let mut filter =
         EnvFilter::try_from_env("SCOREGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if !access {
         filter = filter.add_directive("access=off".parse().unwrap());
     }
+    // Colours only for a terminal: escape codes in a log file are noise, and colouring every
+    // field name costs a third of an access-log line's formatting.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().flatten_event(true).init(),
