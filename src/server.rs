@@ -60,7 +60,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -417,7 +417,7 @@ async fn serve_http(
     let act = Arc::new(Activity::new(h2));
     // HTTP/1.1 clients often connect ahead of need; hyper allocates its buffers (16 KiB) when
     // it starts, so it starts only once the first request begins to arrive.
-    if !h2 && !first_bytes(front, &tls, &act, info.peer, phase).await {
+    if !h2 && !first_bytes(front, &tls, info.peer, phase).await {
         return;
     }
     let io = TokioIo::new(Tracked {
@@ -472,7 +472,6 @@ async fn serve_request(
 async fn first_bytes(
     front: &Front,
     tls: &TlsStream<TcpStream>,
-    act: &Activity,
     peer: SocketAddr,
     phase: &mut watch::Receiver<Phase>,
 ) -> bool {
@@ -482,9 +481,8 @@ async fn first_bytes(
     if !session.wants_read() {
         return true;
     }
-    let Ok(deadline) = act.check(&front.limits) else {
-        return false;
-    };
+    // The header-read timer runs from the end of the handshake, which was just now.
+    let deadline = Instant::now() + front.limits.header_read_timeout;
     let stopping = async {
         while *phase.borrow_and_update() == Phase::Serving {
             if phase.changed().await.is_err() {
@@ -535,30 +533,11 @@ impl Drive<'_> {
             graceful(conn.as_mut());
             closing = true;
         }
+        // One timer for the connection's life, re-armed only when it fires (`Activity::check`
+        // says when to look next), so requests do not touch the timer wheel.
+        let timer = tokio::time::sleep_until(Instant::now());
+        let mut timer = pin!(timer);
         loop {
-            let next = match backstop {
-                Some(at) => at,
-                None => match self.act.check(self.limits) {
-                    Ok(at) => at,
-                    Err(expired) => {
-                        self.metrics
-                            .connection_timeouts
-                            .with_label_values(&[expired.as_str()])
-                            .inc();
-                        tracing::debug!(peer = %self.peer, reason = expired.as_str(), "closing connection");
-                        if expired == Expired::HeaderRead {
-                            // A head that never completes would hold hyper forever: drop.
-                            return;
-                        }
-                        if !closing {
-                            graceful(conn.as_mut());
-                            closing = true;
-                        }
-                        backstop = Some(Instant::now() + CLOSE_GRACE);
-                        continue;
-                    }
-                },
-            };
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
@@ -585,10 +564,34 @@ impl Drive<'_> {
                         Phase::Closing => return,
                     }
                 }
-                _ = self.act.wake.notified() => {}
-                _ = tokio::time::sleep_until(next) => {
-                    if backstop.is_some_and(|at| Instant::now() >= at) {
-                        return;
+                () = timer.as_mut() => {
+                    if let Some(at) = backstop {
+                        if Instant::now() >= at {
+                            return;
+                        }
+                        timer.as_mut().reset(at);
+                        continue;
+                    }
+                    match self.act.check(self.limits) {
+                        Ok(next) => timer.as_mut().reset(next),
+                        Err(expired) => {
+                            self.metrics
+                                .connection_timeouts
+                                .with_label_values(&[expired.as_str()])
+                                .inc();
+                            tracing::debug!(peer = %self.peer, reason = expired.as_str(), "closing connection");
+                            if expired == Expired::HeaderRead {
+                                // A head that never completes would hold hyper forever: drop.
+                                return;
+                            }
+                            if !closing {
+                                graceful(conn.as_mut());
+                                closing = true;
+                            }
+                            let at = Instant::now() + CLOSE_GRACE;
+                            backstop = Some(at);
+                            timer.as_mut().reset(at);
+                        }
                     }
                 }
             }
@@ -613,13 +616,16 @@ impl Expired {
 
 /// What the connection's timers need to know: requests in progress, when it last went idle, and
 /// (HTTP/1.1) when the first byte of the next request arrived.
+///
+/// Nothing here wakes the timer: it is re-armed only when it fires, at the time `check` names.
+/// For HTTP/1.1 that is never later than `header_read_timeout` from the check, so a first byte
+/// that arrives after a check is found by the next one before its own deadline passes; an
+/// idle HTTP/1.1 connection's timer fires every `header_read_timeout` (10 s by default).
 struct Activity {
     clock: Mutex<Clock>,
     /// Set while an HTTP/1.1 connection is idle and no byte of a new request has come: the next
     /// read records its time. Otherwise a read costs one relaxed load.
     awaiting_byte: AtomicBool,
-    /// Wakes the connection's timer when the first byte moves its deadline.
-    wake: Notify,
     h2: bool,
 }
 
@@ -644,7 +650,6 @@ impl Activity {
                 served: false,
             }),
             awaiting_byte: AtomicBool::new(!h2),
-            wake: Notify::new(),
             h2,
         }
     }
@@ -656,19 +661,24 @@ impl Activity {
             let mut c = self.clock.lock().unwrap();
             if c.active == 0 && c.first_byte.is_none() {
                 c.first_byte = Some(Instant::now());
-                drop(c);
-                self.wake.notify_one();
             }
         }
     }
 
-    /// The next time to look again, or which timer ran out.
+    /// When to look again, or which timer ran out. Before a connection's first request (and
+    /// whenever a head is being read) the time returned is the header-read deadline itself.
     fn check(&self, limits: &Limits) -> Result<Instant, Expired> {
         let now = Instant::now();
         let c = self.clock.lock().unwrap();
+        // HTTP/1.1: a first byte may come at any moment after this check.
+        let look_again = if self.h2 {
+            now + limits.idle_timeout
+        } else {
+            now + limits.header_read_timeout.min(limits.idle_timeout)
+        };
         if c.active > 0 {
             // Nothing can expire while a request runs; its end only moves deadlines later.
-            return Ok(now + limits.idle_timeout);
+            return Ok(look_again);
         }
         let (deadline, what) = if !self.h2 && (!c.served || c.first_byte.is_some()) {
             let from = c.first_byte.unwrap_or(c.idle_since);
@@ -679,7 +689,7 @@ impl Activity {
         if now >= deadline {
             Err(what)
         } else {
-            Ok(deadline)
+            Ok(deadline.min(look_again))
         }
     }
 }

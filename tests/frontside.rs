@@ -414,6 +414,26 @@ async fn connections_that_wait_before_their_first_request_are_served_and_drained
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(backend.scored(), 3);
 
+    // On a keep-alive connection, the header-read timer starts again with the first byte of
+    // the next request: a head that stalls after one served request is cut off in time.
+    let mut stall = tls_from(&client, "127.0.0.1", gw.addr, b"").await.unwrap();
+    let head = raw_exchange(&mut stall, request.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tokio::time::sleep(Duration::from_millis(2500)).await; // idle, longer than the header timer
+    stall.write_all(b"POST /api/v1/ser").await.unwrap();
+    stall.flush().await.unwrap();
+    let first_byte = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(STEP, stall.read(&mut buf))
+        .await
+        .expect("a stalled head was never cut off");
+    let cut = first_byte.elapsed();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert!(
+        cut >= Duration::from_millis(1700) && cut < Duration::from_secs(5),
+        "cut {cut:?} after the first byte (header_read_timeout 2 s)"
+    );
+
     // A connection that sent nothing is closed by the drain, which does not wait for it.
     let mut fresh = tls_from(&client, "127.0.0.1", gw.addr, b"").await.unwrap();
     let t = Instant::now();
