@@ -47,11 +47,11 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_SIZE: u64 = 16 * 1024;
 /// Browsers send ~15 headers; 100 matches hyper's own default and leaves room for proxies' extras.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
-/// Idle keep-alive connections cost memory (~20 KiB each); clients reconnect cheaply with resumption.
+/// Idle keep-alive connections cost memory (~24 KiB each, BENCHMARKS.md); clients reconnect cheaply with resumption.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A full TLS handshake takes a few RTTs; 10 s covers bad mobile links and stops half-open floods.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bounded by file descriptors (ulimit) and ~20 KiB per idle connection: 10k ≈ 200 MiB.
+/// Bounded by file descriptors (ulimit) and ~24 KiB per idle connection: 10k ≈ 240 MiB.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Enough parallel scoring calls per client connection; h2's own default (unbounded) invites abuse.
 pub const DEFAULT_H2_MAX_STREAMS: u32 = 128;
