@@ -529,6 +529,36 @@ async fn h2c_backends_are_spoken_to_in_http2() {
     gw.stop().await;
 }
 
+/// The shared h2c connection is replaced when the backend restarts: requests after the restart
+/// succeed on a new connection.
+#[tokio::test]
+async fn an_h2c_backend_restarted_on_its_port_gets_a_new_connection() {
+    let pki = Pki::new();
+    let addr = dead_port().await;
+    let backend = Backend::on_with_protocol(addr, |_| Reply::ok("{}"), true).await;
+    let mut svc = service("iris", AuthMode::None, &[format!("http://{addr}")]);
+    svc.backend_protocol = scoregate::config::BackendProtocol::H2c;
+    let gw = Gw::start(config(&pki, vec![svc])).await;
+    let mut c = pki.client().h1(gw.addr).await;
+    for _ in 0..3 {
+        assert_eq!(c.score("iris", "", BODY).await.status, 200);
+    }
+    drop(backend);
+    let backend = Backend::on_with_protocol(addr, |_| Reply::ok("{}"), true).await;
+    for i in 0..5 {
+        let r = c.score("iris", "", BODY).await;
+        assert_eq!(r.status, 200, "request {i} after the restart: {:?}", r.body);
+    }
+    assert_eq!(backend.scored(), 5);
+    assert!(
+        backend
+            .seen()
+            .iter()
+            .all(|s| s.version == http::Version::HTTP_2)
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn round_robin_over_backends() {
     let pki = Pki::new();

@@ -725,8 +725,13 @@ async fn least_loaded_choice_sends_most_requests_to_the_faster_backend() {
     gw.stop().await;
 }
 
+/// Request bodies this large are answered as soon as their head arrives, and read afterwards
+/// (`keep_alive_backend`), like a server that refuses an upload early but keeps the connection.
+const EARLY_ANSWER_AT: usize = 100_000;
+
 /// A keep-alive HTTP/1.1 backend that counts the connections it accepts and closes a
-/// connection that stays idle for `idle_close` (as gunicorn and most servers do).
+/// connection that stays idle for `idle_close` (as gunicorn and most servers do). A request
+/// body of `EARLY_ANSWER_AT` bytes or more is answered before it is read.
 async fn keep_alive_backend(
     idle_close: Duration,
 ) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
@@ -745,14 +750,15 @@ async fn keep_alive_backend(
                 let mut chunk = [0u8; 4096];
                 loop {
                     // One request: head, then Content-Length body bytes; idle too long: close.
-                    let want = loop {
+                    let out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+                    let (want, early) = loop {
                         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
                             let len = head
                                 .lines()
                                 .find_map(|l| l.strip_prefix("content-length:"))
                                 .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                            break end + 4 + len;
+                            break (end + 4 + len, len >= EARLY_ANSWER_AT);
                         }
                         match tokio::time::timeout(idle_close, s.read(&mut chunk)).await {
                             Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
@@ -762,6 +768,9 @@ async fn keep_alive_backend(
                             }
                         }
                     };
+                    if early && s.write_all(out).await.is_err() {
+                        return;
+                    }
                     while buf.len() < want {
                         match s.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
@@ -769,8 +778,7 @@ async fn keep_alive_backend(
                         }
                     }
                     buf.drain(..want);
-                    let out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
-                    if s.write_all(out).await.is_err() {
+                    if !early && s.write_all(out).await.is_err() {
                         return;
                     }
                 }
@@ -830,6 +838,86 @@ async fn backend_connections_are_reused_and_one_the_backend_closed_is_replaced()
         after_burst,
         "pooled connections are reused"
     );
+    task.abort();
+    gw.stop().await;
+}
+
+/// A backend connection whose answer came before the request body was fully sent is not handed
+/// to the next request until the upload is done: the next request gets another connection at
+/// once instead of waiting behind the upload, and the first connection is pooled afterwards.
+#[tokio::test]
+async fn a_connection_still_uploading_is_not_given_to_the_next_request() {
+    let _serial = SERIAL.lock().await;
+    let pki = Pki::new();
+    let (addr, accepted, task) = keep_alive_backend(Duration::from_secs(30)).await;
+    let mut s = service("early", AuthMode::None, &[format!("http://{addr}")]);
+    s.health = no_probes();
+    let gw = Gw::start(config(&pki, vec![s])).await;
+    let client = pki.client();
+
+    // A 200 kB upload trickled over ~2 s; the backend answers when the head arrives.
+    let tls = client.connect(gw.addr, &[b"http/1.1"]).await;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn_task = tokio::spawn(conn);
+    let (mut body_tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
+    let chunks = 20;
+    let chunk = vec![b' '; 10_000];
+    let upload = Request::post("/api/v1/service/early/score")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .header("content-length", (chunks * chunk.len()).to_string())
+        .body(body)
+        .unwrap();
+    let uploader = tokio::spawn(async move {
+        for _ in 0..chunks {
+            if body_tx.send_data(Bytes::from(chunk.clone())).await.is_err() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    });
+    let resp = tokio::time::timeout(STEP, tx.send_request(upload))
+        .await
+        .expect("no early answer")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await.unwrap();
+    assert!(
+        !uploader.is_finished(),
+        "the upload should still be running"
+    );
+
+    // The next request does not wait for that upload.
+    let t = Instant::now();
+    let (r, _) = score(&client, gw.addr, "early").await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(
+        took < Duration::from_millis(1000),
+        "the next request waited {took:?} for another request's upload"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // Once the upload is done, its connection is pooled again and reused.
+    assert!(uploader.await.unwrap(), "the upload was cut off");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..2 {
+        let burst: Vec<_> = (0..2)
+            .map(|_| spawn_score(&client, gw.addr, "early"))
+            .collect();
+        for t in burst {
+            assert_eq!(t.await.unwrap().0.unwrap().status, 200);
+        }
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "both connections are reused once the upload is done"
+    );
+    conn_task.abort();
     task.abort();
     gw.stop().await;
 }

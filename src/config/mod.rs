@@ -963,6 +963,11 @@ pub fn parse_backend(s: &str) -> Result<http::Uri, String> {
     if uri.host().is_none() {
         return Err(format!("{s:?} has no host"));
     }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!(
+            "{s:?} must not carry user info (it would be sent in the Host header)"
+        ));
+    }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!(
             "{s:?} must not have a path or query (use score_path)"
@@ -974,6 +979,13 @@ pub fn parse_backend(s: &str) -> Result<http::Uri, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_urls_with_user_info_are_refused() {
+        let e = parse_backend("http://user:secret@10.0.0.5:5001").unwrap_err();
+        assert!(e.contains("user info"), "{e}");
+        assert!(parse_backend("http://10.0.0.5:5001").is_ok());
+    }
 
     const MINIMAL: &str = r#"
 [[tls.certificates]]

@@ -1,24 +1,29 @@
 //! Connections to one backend: a stack of idle HTTP/1.1 connections, or one shared HTTP/2 (h2c)
 //! connection, each driven by its own task.
 //!
-//! A request takes the most recently used idle HTTP/1.1 connection (LIFO: the warmest one, and
-//! the rarely used ones at the bottom age out after `IDLE_TIMEOUT`) or opens a new one, and the
-//! connection goes back on the stack when the response body has been read to its end
-//! (`PooledBody`). A body dropped before its end leaves the connection out: hyper closes it.
+//! A request takes the most recently used idle HTTP/1.1 connection (LIFO: the warmest one) or
+//! opens a new one. The connection goes back on the stack when the response body has been read to
+//! its end (`PooledBody`) and the connection can take a new request: a backend that answered
+//! before the whole request body was sent gets it back only once the upload is done, from a task
+//! that waits for that. A body dropped before its end leaves the connection out: hyper closes it.
+//! Idle connections older than `IDLE_TIMEOUT` are closed by a sweeper task per pool (started with
+//! the first connection, ended with the pool), and skipped by requests.
 //! This replaces hyper-util's general-purpose pooled client on the hot path: no pool key to hash,
 //! no checkout future, no task spawned per request to wait for the connection to be reusable.
 //!
 //! A pooled connection the backend has closed meanwhile (its keep-alive ran out) is found out
 //! either before sending (the sender reports closed) or when hyper gives the request back unsent
 //! (`try_send_request`): then the request goes on another connection. A request that was sent is
-//! never resent.
+//! never resent. The h2c connection is opened by one request at a time (the others wait for it),
+//! and a request it gives back unsent (the connection was closing) is retried once on a new one.
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -92,6 +97,10 @@ pub struct Pool {
     h1: Mutex<VecDeque<Idle>>,
     /// The shared HTTP/2 connection, once opened.
     h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    /// Held while an h2c connection is being opened, so that only one is.
+    h2_connecting: tokio::sync::Mutex<()>,
+    /// Whether the idle-connection sweeper runs.
+    sweeping: AtomicBool,
 }
 
 impl fmt::Debug for Pool {
@@ -132,7 +141,10 @@ impl Pool {
             };
             let mut tx = match pooled {
                 Some(tx) => tx,
-                None => connect_h1(authority).await?,
+                None => {
+                    self.start_sweeper();
+                    connect_h1(authority).await?
+                }
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => {
@@ -148,7 +160,10 @@ impl Pool {
                         req = unsent;
                         retries += 1;
                     }
-                    _ => return Err(SendError::Request(e.into_error())),
+                    // Even a new connection closed before taking it: nothing was sent, so it
+                    // may go to another backend, like a failed connect.
+                    Some(_) => return Err(unsent_error(e.into_error())),
+                    None => return Err(SendError::Request(e.into_error())),
                 },
             }
         }
@@ -159,23 +174,35 @@ impl Pool {
         loop {
             let idle = self.h1.lock().unwrap().pop_back()?;
             if idle.since.elapsed() >= IDLE_TIMEOUT {
-                // Everything below it is older still.
-                self.h1.lock().unwrap().clear();
+                // Everything below it is older still (the sweeper closes those).
                 return None;
             }
             let mut tx = idle.tx;
-            // Usually ready at once; right after a checkin the connection's task may still be
-            // finishing the previous exchange.
+            // Only ready connections are checked in; this finds one that closed since.
             if tx.ready().await.is_ok() {
                 return Some(tx);
             }
         }
     }
 
-    fn checkin(&self, tx: http1::SendRequest<UpstreamBody>) {
+    /// Puts a connection whose exchange is over back on the stack, once it can take a new
+    /// request: at once, or (the request body is still being sent) from a task that waits.
+    fn checkin(self: Arc<Self>, mut tx: http1::SendRequest<UpstreamBody>) {
         if tx.is_closed() {
             return;
         }
+        if tx.is_ready() {
+            self.push_idle(tx);
+            return;
+        }
+        tokio::spawn(async move {
+            if tx.ready().await.is_ok() {
+                self.push_idle(tx);
+            }
+        });
+    }
+
+    fn push_idle(&self, tx: http1::SendRequest<UpstreamBody>) {
         let mut idle = self.h1.lock().unwrap();
         if idle.len() >= MAX_IDLE {
             idle.pop_front();
@@ -186,23 +213,113 @@ impl Pool {
         });
     }
 
+    /// Starts the task that closes idle connections older than `IDLE_TIMEOUT` (once per pool;
+    /// it ends when the pool is gone).
+    fn start_sweeper(self: &Arc<Self>) {
+        if self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool: Weak<Pool> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(IDLE_TIMEOUT / 2);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else {
+                    return;
+                };
+                pool.sweep();
+            }
+        });
+    }
+
+    /// Closes idle connections that are too old or already closed.
+    fn sweep(&self) {
+        let stale: Vec<Idle> = {
+            let mut idle = self.h1.lock().unwrap();
+            let keep = idle
+                .iter()
+                .position(|i| i.since.elapsed() < IDLE_TIMEOUT)
+                .unwrap_or(idle.len());
+            let stale = idle.drain(..keep).collect();
+            idle.retain(|i| !i.tx.is_closed());
+            stale
+        };
+        // Dropped outside the lock: each drop ends that connection's task.
+        drop(stale);
+    }
+
     async fn send_h2(
         &self,
         authority: &Authority,
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        let shared = self.h2.lock().unwrap().clone();
-        let mut tx = match shared {
-            Some(tx) if !tx.is_closed() => tx,
-            _ => {
-                let tx = connect_h2(authority).await?;
-                *self.h2.lock().unwrap() = Some(tx.clone());
-                tx
-            }
-        };
-        let resp = tx.send_request(req).await.map_err(SendError::Request)?;
-        Ok(resp.map(|body| PooledBody { body, back: None }))
+        let mut tx = self.shared_h2(authority).await?;
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok(resp.map(|body| PooledBody { body, back: None })),
+            Err(mut e) => match e.take_message() {
+                // The connection was closing (GOAWAY, a restarted backend): once more, on a
+                // new one.
+                Some(unsent) => {
+                    self.forget_h2(&tx);
+                    let mut tx = self.shared_h2(authority).await?;
+                    match tx.try_send_request(unsent).await {
+                        Ok(resp) => Ok(resp.map(|body| PooledBody { body, back: None })),
+                        Err(mut e) => match e.take_message() {
+                            Some(_) => Err(unsent_error(e.into_error())),
+                            None => Err(SendError::Request(e.into_error())),
+                        },
+                    }
+                }
+                None => Err(SendError::Request(e.into_error())),
+            },
+        }
     }
+
+    /// The shared h2c connection, opened by one caller at a time when there is none.
+    async fn shared_h2(
+        &self,
+        authority: &Authority,
+    ) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
+        let open = || {
+            self.h2
+                .lock()
+                .unwrap()
+                .as_ref()
+                .filter(|tx| !tx.is_closed())
+                .cloned()
+        };
+        if let Some(tx) = open() {
+            return Ok(tx);
+        }
+        let _one = self.h2_connecting.lock().await;
+        if let Some(tx) = open() {
+            return Ok(tx);
+        }
+        let tx = connect_h2(authority).await?;
+        *self.h2.lock().unwrap() = Some(tx.clone());
+        Ok(tx)
+    }
+
+    /// Drops the shared h2c connection if it is still `tx`.
+    fn forget_h2(&self, tx: &http2::SendRequest<UpstreamBody>) {
+        let mut slot = self.h2.lock().unwrap();
+        if slot
+            .as_ref()
+            .is_some_and(|cur| cur.is_closed() || tx.is_closed())
+        {
+            *slot = None;
+        }
+    }
+}
+
+/// A request a connection gave back unsent even though it was new: classed with connect
+/// failures, since nothing reached the backend.
+fn unsent_error(e: hyper::Error) -> SendError {
+    SendError::Connect(io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        format!("the backend closed a new connection before the request was sent: {e}"),
+    ))
 }
 
 async fn connect_tcp(authority: &Authority) -> Result<TcpStream, SendError> {
@@ -266,7 +383,7 @@ pub struct PooledBody {
 impl PooledBody {
     fn done(&mut self) {
         if let Some((pool, tx)) = self.back.take() {
-            pool.checkin(tx);
+            Pool::checkin(pool, tx);
         }
     }
 }

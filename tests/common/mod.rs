@@ -103,6 +103,15 @@ impl Backend {
         addr: SocketAddr,
         f: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
     ) -> Backend {
+        Self::on_with_protocol(addr, f, false).await
+    }
+
+    /// `on`, serving HTTP/2 with prior knowledge when `h2c`.
+    pub async fn on_with_protocol(
+        addr: SocketAddr,
+        f: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+        h2c: bool,
+    ) -> Backend {
         let l = tokio::time::timeout(STEP, async {
             loop {
                 match TcpListener::bind(addr).await {
@@ -113,7 +122,7 @@ impl Backend {
         })
         .await
         .expect("the port is free again");
-        Self::serve(l, f, false, true)
+        Self::serve(l, f, h2c, true)
     }
 
     /// `own_connections`: connection tasks live in a `JoinSet` owned by the accept task, so
