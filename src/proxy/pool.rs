@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -348,12 +349,7 @@ async fn connect_h1(authority: &Authority) -> Result<http1::SendRequest<Upstream
     let (tx, conn) = http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(SendError::Request)?;
-    let backend = authority.clone();
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%backend, error = %e, "backend connection ended with an error");
-        }
-    });
+    drive(authority, conn);
     Ok(tx)
 }
 
@@ -364,13 +360,18 @@ async fn connect_h2(authority: &Authority) -> Result<http2::SendRequest<Upstream
         .handshake(TokioIo::new(tcp))
         .await
         .map_err(SendError::Request)?;
+    drive(authority, conn);
+    Ok(tx)
+}
+
+/// Runs a backend connection in its own task until it closes.
+fn drive(authority: &Authority, conn: impl Future<Output = hyper::Result<()>> + Send + 'static) {
     let backend = authority.clone();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(%backend, error = %e, "backend connection ended with an error");
         }
     });
-    Ok(tx)
 }
 
 /// A backend's response body that puts its HTTP/1.1 connection back in the pool once read to
