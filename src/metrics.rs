@@ -24,8 +24,9 @@ pub const TLS_FAILURE_REASONS: [&str; 3] = ["protocol", "io", "timeout"];
 /// a missing or malformed PROXY header from a trusted proxy.
 pub const REFUSAL_REASONS: [&str; 3] = ["policy", "max_connections", "proxy_protocol"];
 /// `scoregate_connection_timeouts_total{reason}`: `limits.header_read_timeout` (a request head,
-/// or the first one after TLS, too slow), `limits.idle_timeout` (keep-alive without requests).
-pub const TIMEOUT_REASONS: [&str; 2] = ["header_read", "idle"];
+/// or the first one after TLS, too slow), `limits.idle_timeout` (keep-alive without requests),
+/// `send` (a client that stopped reading its response for `limits.idle_timeout`).
+pub const TIMEOUT_REASONS: [&str; 3] = ["header_read", "idle", "send"];
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const AUTH_REASONS: [AuthFailure; 6] = [

@@ -19,6 +19,10 @@
 //!   `header_read_timeout` is turned off because its timer also runs while a keep-alive
 //!   connection waits for its next request, which would cap every idle HTTP/1.1 connection at
 //!   the (much shorter) header timeout.
+//! - `idle_timeout` is also the send timeout: a connection whose writes to the client have been
+//!   blocked that long (the client stopped reading its response) is dropped
+//!   (`connection_timeouts{reason="send"}`), which frees the backend connection behind it.
+//!   HTTP/2 flow control that never opens is not covered (no write blocks; hyper just waits).
 //! - `max_header_size`, `max_headers`: hyper answers a larger HTTP/1.1 head with a bare 431 and
 //!   closes the connection; on HTTP/2 the header list limit is advertised in SETTINGS and the h2
 //!   layer answers a larger list with 431 on that stream (the connection stays).
@@ -580,8 +584,9 @@ impl Drive<'_> {
                                 .with_label_values(&[expired.as_str()])
                                 .inc();
                             tracing::debug!(peer = %self.peer, reason = expired.as_str(), "closing connection");
-                            if expired == Expired::HeaderRead {
-                                // A head that never completes would hold hyper forever: drop.
+                            if expired != Expired::Idle {
+                                // A head that never completes, or a response nobody reads,
+                                // would hold hyper forever: drop.
                                 return;
                             }
                             if !closing {
@@ -603,6 +608,8 @@ impl Drive<'_> {
 enum Expired {
     HeaderRead,
     Idle,
+    /// The client stopped reading: a write has been blocked for `idle_timeout`.
+    Send,
 }
 
 impl Expired {
@@ -610,6 +617,7 @@ impl Expired {
         match self {
             Expired::HeaderRead => "header_read",
             Expired::Idle => "idle",
+            Expired::Send => "send",
         }
     }
 }
@@ -626,6 +634,9 @@ struct Activity {
     /// Set while an HTTP/1.1 connection is idle and no byte of a new request has come: the next
     /// read records its time. Otherwise a read costs one relaxed load.
     awaiting_byte: AtomicBool,
+    /// Set while a write to the client is blocked (the socket is full): the next write that goes
+    /// through clears it. Otherwise a write costs one relaxed load.
+    write_blocked: AtomicBool,
     h2: bool,
 }
 
@@ -638,6 +649,8 @@ struct Clock {
     first_byte: Option<Instant>,
     /// Whether any request has started on this connection.
     served: bool,
+    /// Since when a write to the client has been blocked.
+    blocked_since: Option<Instant>,
 }
 
 impl Activity {
@@ -648,8 +661,10 @@ impl Activity {
                 idle_since: Instant::now(),
                 first_byte: None,
                 served: false,
+                blocked_since: None,
             }),
             awaiting_byte: AtomicBool::new(!h2),
+            write_blocked: AtomicBool::new(false),
             h2,
         }
     }
@@ -665,6 +680,18 @@ impl Activity {
         }
     }
 
+    /// A write to the client could not go through (`true`) or went through.
+    fn on_write(&self, blocked: bool) {
+        if blocked {
+            if !self.write_blocked.swap(true, Ordering::Relaxed) {
+                self.clock.lock().unwrap().blocked_since = Some(Instant::now());
+            }
+        } else if self.write_blocked.load(Ordering::Relaxed) {
+            self.write_blocked.store(false, Ordering::Relaxed);
+            self.clock.lock().unwrap().blocked_since = None;
+        }
+    }
+
     /// When to look again, or which timer ran out. Before a connection's first request (and
     /// whenever a head is being read) the time returned is the header-read deadline itself.
     fn check(&self, limits: &Limits) -> Result<Instant, Expired> {
@@ -676,8 +703,17 @@ impl Activity {
         } else {
             now + limits.header_read_timeout.min(limits.idle_timeout)
         };
+        if let Some(since) = c.blocked_since {
+            // A client that stops reading holds its connection (and a backend's) only so long.
+            let deadline = since + limits.idle_timeout;
+            return if now >= deadline {
+                Err(Expired::Send)
+            } else {
+                Ok(deadline.min(look_again))
+            };
+        }
         if c.active > 0 {
-            // Nothing can expire while a request runs; its end only moves deadlines later.
+            // Nothing else can expire while a request runs; its end only moves deadlines later.
             return Ok(look_again);
         }
         let (deadline, what) = if !self.h2 && (!c.served || c.first_byte.is_some()) {
@@ -748,7 +784,8 @@ impl<B: Body + Unpin> Body for Guarded<B> {
     }
 }
 
-/// The TLS stream, noting when bytes arrive (for the header-read timer).
+/// The TLS stream, noting when bytes arrive (for the header-read timer) and when writes to the
+/// client block (for the send timeout).
 struct Tracked<T> {
     inner: T,
     act: Arc<Activity>,
@@ -775,7 +812,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.act.on_write(r.is_pending());
+        r
     }
 
     fn poll_write_vectored(
@@ -783,7 +822,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.act.on_write(r.is_pending());
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -791,7 +832,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.act.on_write(r.is_pending());
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

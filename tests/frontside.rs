@@ -810,3 +810,58 @@ async fn proxy_protocol_v2_only_from_trusted_proxies() {
     assert_eq!(last_xff(&backend), ["127.0.0.2"]);
     gw.stop().await;
 }
+
+/// A client that stops reading a large response does not hold its connection forever: once the
+/// gateway's writes have been blocked for `idle_timeout`, the connection is dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_after_idle_timeout() {
+    let _serial = SERIAL.lock().await;
+    let pki = Pki::new();
+    // Far more than the socket buffers of both ends can hold.
+    let big = "x".repeat(64 * 1024 * 1024);
+    let backend = Backend::with(move |_| Reply::ok(&big)).await;
+    let mut cfg = base(&pki, &backend);
+    cfg.limits.idle_timeout = Duration::from_secs(2);
+    let gw = Gw::start(cfg).await;
+    let client = pki.client();
+
+    let mut tls = tls_from(&client, "127.0.0.1", gw.addr, b"").await.unwrap();
+    tls.write_all(
+        b"POST /api/v1/service/iris/score HTTP/1.1\r\nhost: localhost\r\n\
+          content-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    // Read the head and a little of the body, then stop reading.
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = tokio::time::timeout(STEP, tls.read(&mut buf))
+        .await
+        .expect("no response")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let stopped = Instant::now();
+    let dropped = async {
+        loop {
+            if metric(&gw, "scoregate_connection_timeouts_total{reason=\"send\"}").await >= 1.0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), dropped)
+        .await
+        .expect("a client that stopped reading was never dropped");
+    let after = stopped.elapsed();
+    eprintln!(
+        "send timeout: dropped {:.2}s after the client stopped reading",
+        after.as_secs_f64()
+    );
+    assert!(
+        after >= Duration::from_millis(1500),
+        "dropped too early: {after:?}"
+    );
+    // The dropped request is no longer counted in flight.
+    assert_eq!(metric(&gw, "scoregate_requests_in_flight").await, 0.0);
+    gw.stop().await;
+}
