@@ -335,13 +335,7 @@ async fn connection(
         front.limits.tls_handshake_timeout,
         Box::pin(handshake(&front, tcp, peer, via_proxy)),
     );
-    let stopping = async {
-        while *phase.borrow_and_update() == Phase::Serving {
-            if phase.changed().await.is_err() {
-                break;
-            }
-        }
-    };
+    let stopping = stopping(&mut phase);
     // A connection still shaking hands has no request to finish: the drain drops it.
     let established = tokio::select! {
         r = setup => match r {
@@ -406,6 +400,15 @@ async fn handshake(
                 .inc();
             tracing::debug!(%peer, %client, error = %e, "TLS handshake failed");
             None
+        }
+    }
+}
+
+/// Resolves once the scoring side stops serving (a drain begins, or the server is gone).
+async fn stopping(phase: &mut watch::Receiver<Phase>) {
+    while *phase.borrow_and_update() == Phase::Serving {
+        if phase.changed().await.is_err() {
+            break;
         }
     }
 }
@@ -487,25 +490,13 @@ async fn first_bytes(
     }
     // The header-read timer runs from the end of the handshake, which was just now.
     let deadline = Instant::now() + front.limits.header_read_timeout;
-    let stopping = async {
-        while *phase.borrow_and_update() == Phase::Serving {
-            if phase.changed().await.is_err() {
-                break;
-            }
-        }
-    };
+    let stopping = stopping(phase);
     tokio::select! {
         // An error is hyper's to find and report.
         _ = tcp.readable() => true,
         _ = stopping => false,
         _ = tokio::time::sleep_until(deadline) => {
-            front
-                .gw
-                .metrics
-                .connection_timeouts
-                .with_label_values(&[Expired::HeaderRead.as_str()])
-                .inc();
-            tracing::debug!(%peer, reason = Expired::HeaderRead.as_str(), "closing connection");
+            Expired::HeaderRead.count(&front.gw.metrics, peer);
             false
         }
     }
@@ -579,11 +570,7 @@ impl Drive<'_> {
                     match self.act.check(self.limits) {
                         Ok(next) => timer.as_mut().reset(next),
                         Err(expired) => {
-                            self.metrics
-                                .connection_timeouts
-                                .with_label_values(&[expired.as_str()])
-                                .inc();
-                            tracing::debug!(peer = %self.peer, reason = expired.as_str(), "closing connection");
+                            expired.count(self.metrics, self.peer);
                             if expired != Expired::Idle {
                                 // A head that never completes, or a response nobody reads,
                                 // would hold hyper forever: drop.
@@ -619,6 +606,15 @@ impl Expired {
             Expired::Idle => "idle",
             Expired::Send => "send",
         }
+    }
+
+    /// Counts (and logs) a connection this timer closes.
+    fn count(self, metrics: &Metrics, peer: SocketAddr) {
+        metrics
+            .connection_timeouts
+            .with_label_values(&[self.as_str()])
+            .inc();
+        tracing::debug!(%peer, reason = self.as_str(), "closing connection");
     }
 }
 

@@ -19,13 +19,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
-use http::{Method, Request, Uri};
+use http::uri::PathAndQuery;
+use http::{Method, Request};
 use http_body_util::{BodyExt, Either, Empty, Limited};
 
 use super::pool::Pool;
 use super::upstream::{Backend, ProbeSettings};
-use crate::config::BackendProtocol;
 
 /// A probe answer is read (so its connection can be pooled again) up to this size; a liveness
 /// route answers a few bytes, anything larger is dropped unread with its connection.
@@ -58,15 +57,12 @@ async fn run(backend: Weak<Backend>) {
         let h = &settings.health;
         next = tokio::time::Instant::now() + h.period;
         let url = b.url.clone();
-        let probe = PathAndQuery::try_from(h.path.as_str()).map(|pq| Probe {
-            pool: b.pool.clone(),
-            authority: b.authority.clone(),
-            host: b.host.clone(),
-            uri: b.request_uri(settings.protocol, pq),
-        });
-        drop(b); // a probe in progress does not keep a removed backend alive
-        let ok = match probe {
-            Ok(p) => p.send(&settings).await,
+        let path = PathAndQuery::try_from(h.path.as_str());
+        // The pool, not the backend: a probe in progress does not keep a removed backend alive.
+        let pool = b.pool.clone();
+        drop(b);
+        let ok = match path {
+            Ok(path) => probe(&pool, &settings, path).await,
             Err(e) => Err(format!("bad probe path: {e}")),
         };
         let Some(b) = backend.upgrade() else {
@@ -96,46 +92,35 @@ async fn run(backend: Weak<Backend>) {
     }
 }
 
-/// One probe's target.
-struct Probe {
-    pool: Arc<Pool>,
-    authority: Authority,
-    host: HeaderValue,
-    uri: Uri,
-}
-
-impl Probe {
-    /// A 2xx answer within the timeout is a success.
-    async fn send(self, settings: &ProbeSettings) -> Result<(), String> {
-        let mut req = Request::new(Either::Right(Empty::new()));
-        *req.method_mut() = Method::GET;
-        *req.uri_mut() = self.uri;
-        let h = req.headers_mut();
-        h.insert(
-            header::USER_AGENT,
-            HeaderValue::from_static(PROBE_USER_AGENT),
-        );
-        if settings.protocol == BackendProtocol::Http1 {
-            h.insert(header::HOST, self.host);
-        }
-        let timeout = settings.health.timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let sent = self.pool.send(&self.authority, settings.protocol, req);
-        let resp = match tokio::time::timeout_at(deadline, sent).await {
+/// One probe: a 2xx answer within the timeout is a success.
+async fn probe(
+    pool: &Arc<Pool>,
+    settings: &ProbeSettings,
+    path: PathAndQuery,
+) -> Result<(), String> {
+    let mut req = Request::new(Either::Right(Empty::new()));
+    *req.method_mut() = Method::GET;
+    req.headers_mut().insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(PROBE_USER_AGENT),
+    );
+    let timeout = settings.health.timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let resp =
+        match tokio::time::timeout_at(deadline, pool.send(settings.protocol, path, req)).await {
             Err(_) => return Err(format!("no answer within {}", fmt(timeout))),
             Ok(Err(e)) => return Err(super::DisplayChain(&e).to_string()),
             Ok(Ok(r)) => r,
         };
-        let status = resp.status();
-        // Read the (small) body so the connection can serve the next request; its fate does
-        // not change the verdict.
-        let body = Limited::new(resp.into_body(), PROBE_BODY_MAX).collect();
-        let _ = tokio::time::timeout_at(deadline, body).await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("status {status}"))
-        }
+    let status = resp.status();
+    // Read the (small) body so the connection can serve the next request; its fate does not
+    // change the verdict.
+    let body = Limited::new(resp.into_body(), PROBE_BODY_MAX).collect();
+    let _ = tokio::time::timeout_at(deadline, body).await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
     }
 }
 

@@ -19,11 +19,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Request, Response, header};
+use http::{Request, Response};
 use http_body_util::{Either, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::config::BackendProtocol;
 use crate::error::GatewayError;
 use crate::route::Endpoint;
 use crate::state::Service;
@@ -92,7 +91,6 @@ pub async fn forward(
             .unwrap_or_else(|| ReclaimableBody::reclaim(&slot));
         let mut req = Request::new(Either::Left(b));
         *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = backend.request_uri(protocol, backend_path(path, query));
         // Only a first attempt with another backend to fall back on keeps a copy of the headers
         // for the retry; otherwise they move (a header map clone is a dozen allocations).
         *req.headers_mut() = if tried.is_none() && svc.upstream.backends.len() > 1 {
@@ -100,12 +98,9 @@ pub async fn forward(
         } else {
             std::mem::take(&mut headers)
         };
-        if protocol == BackendProtocol::Http1 {
-            req.headers_mut().insert(header::HOST, backend.host.clone());
-        }
         let sent = tokio::time::timeout_at(
             deadline,
-            backend.pool.send(&backend.authority, protocol, req),
+            backend.pool.send(protocol, backend_path(path, query), req),
         )
         .await;
         match sent {

@@ -29,8 +29,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::Authority;
-use http::{Request, Response};
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -92,8 +93,11 @@ struct Idle {
 }
 
 /// The connections to one backend (part of `Backend`, so it carries over reloads).
-#[derive(Default)]
 pub struct Pool {
+    /// The backend's `host:port`.
+    authority: Authority,
+    /// `Host` of HTTP/1.1 requests to it (HTTP/2 carries the authority in the URI).
+    host: HeaderValue,
     /// Idle HTTP/1.1 connections; the back is the most recently used.
     h1: Mutex<VecDeque<Idle>>,
     /// The shared HTTP/2 connection, once opened.
@@ -113,17 +117,43 @@ impl fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// Sends `req` (whose URI and `Host` the caller has set for `protocol`) on a connection to
-    /// `authority`.
+    /// The pool of the backend at `authority` (validated config: `host[:port]`, no user info).
+    pub fn new(authority: Authority) -> Self {
+        Pool {
+            host: HeaderValue::from_str(authority.as_str())
+                .expect("an authority is a valid header value"),
+            authority,
+            h1: Mutex::default(),
+            h2: Mutex::default(),
+            h2_connecting: tokio::sync::Mutex::default(),
+            sweeping: AtomicBool::default(),
+        }
+    }
+
+    /// Sends `req` to `path` on the backend: origin-form with `Host` over HTTP/1.1, an absolute
+    /// URI (`:scheme`, `:authority`) over HTTP/2.
     pub async fn send(
         self: &Arc<Self>,
-        authority: &Authority,
         protocol: BackendProtocol,
-        req: Request<UpstreamBody>,
+        path: PathAndQuery,
+        mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
+        let authority = &self.authority;
         match protocol {
-            BackendProtocol::Http1 => self.send_h1(authority, req).await,
-            BackendProtocol::H2c => self.send_h2(authority, req).await,
+            BackendProtocol::Http1 => {
+                *req.uri_mut() = Uri::from(path);
+                req.headers_mut().insert(header::HOST, self.host.clone());
+                self.send_h1(authority, req).await
+            }
+            BackendProtocol::H2c => {
+                *req.uri_mut() = Uri::builder()
+                    .scheme(Scheme::HTTP)
+                    .authority(authority.clone())
+                    .path_and_query(path)
+                    .build()
+                    .expect("valid parts");
+                self.send_h2(authority, req).await
+            }
         }
     }
 

@@ -35,9 +35,6 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Uri;
-use http::header::HeaderValue;
-use http::uri::{Authority, PathAndQuery, Scheme};
 use http_body_util::{Either, Empty};
 use tokio::sync::Notify;
 
@@ -74,10 +71,6 @@ pub struct ProbeSettings {
 pub struct Backend {
     /// `http://host:port`, as configured (label in logs and metrics).
     pub url: String,
-    pub scheme: Scheme,
-    pub authority: Authority,
-    /// The `Host` header of HTTP/1.1 requests to it.
-    pub host: HeaderValue,
     /// Its connections (shared by every snapshot naming this URL).
     pub pool: Arc<Pool>,
     /// Requests holding a slot on this backend (sent and not yet answered), across services.
@@ -99,20 +92,13 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(uri: &http::Uri) -> Self {
+        let authority = uri
+            .authority()
+            .cloned()
+            .expect("validated backend URL has a host");
         Backend {
-            url: format!(
-                "{}://{}",
-                uri.scheme_str().unwrap_or("http"),
-                uri.authority().unwrap()
-            ),
-            scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
-            authority: uri
-                .authority()
-                .cloned()
-                .expect("validated backend URL has a host"),
-            host: HeaderValue::from_str(uri.authority().unwrap().as_str())
-                .expect("an authority is a valid header value"),
-            pool: Arc::default(),
+            url: format!("http://{authority}"),
+            pool: Arc::new(Pool::new(authority)),
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             connect_failures: AtomicU32::new(0),
@@ -124,20 +110,6 @@ impl Backend {
                 health: HealthConfig::default(),
                 protocol: BackendProtocol::Http1,
             }),
-        }
-    }
-
-    /// The URI of a request to this backend: origin-form over HTTP/1.1 (with `host` as its
-    /// `Host`), absolute over HTTP/2, where it becomes `:scheme` and `:authority`.
-    pub fn request_uri(&self, protocol: BackendProtocol, pq: PathAndQuery) -> Uri {
-        match protocol {
-            BackendProtocol::Http1 => Uri::from(pq),
-            BackendProtocol::H2c => Uri::builder()
-                .scheme(self.scheme.clone())
-                .authority(self.authority.clone())
-                .path_and_query(pq)
-                .build()
-                .expect("valid parts"),
         }
     }
 
