@@ -580,6 +580,18 @@ enum Cut {
 }
 
 /// A raw TCP backend that reads each request whole (counting them), then misbehaves as told.
+/// A complete request head at the start of `buf`: its length (with the blank line) and the
+/// body's `Content-Length` (0 when absent).
+fn request_head(buf: &[u8]) -> Option<(usize, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+    Some((end + 4, len))
+}
+
 async fn cutting_backend(cut: Cut) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -603,13 +615,8 @@ async fn cutting_backend(cut: Cut) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<
                         return;
                     }
                     buf.extend_from_slice(&chunk[..n]);
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                        break end + 4 + len;
+                    if let Some((head, len)) = request_head(&buf) {
+                        break head + len;
                     }
                 };
                 while buf.len() < want {
@@ -752,13 +759,8 @@ async fn keep_alive_backend(
                     // One request: head, then Content-Length body bytes; idle too long: close.
                     let out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
                     let (want, early) = loop {
-                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                            let len = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                            break (end + 4 + len, len >= EARLY_ANSWER_AT);
+                        if let Some((head, len)) = request_head(&buf) {
+                            break (head + len, len >= EARLY_ANSWER_AT);
                         }
                         match tokio::time::timeout(idle_close, s.read(&mut chunk)).await {
                             Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
