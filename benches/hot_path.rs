@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use scoregate::auth::keys::KeyPair;
-use scoregate::auth::tokens::{ServiceTokens, Signer};
+use scoregate::auth::keys::{KeyPair, KeySlot};
+use scoregate::auth::signer::{Signer, SigningSet};
+use scoregate::auth::tokens::ServiceTokens;
 use scoregate::auth::{AuthOutcome, ServiceAuth};
 use scoregate::config::TokenAlgorithm;
+use scoregate::crypto::Secret;
 use scoregate::error::{AuthFailure, GatewayError};
-use scoregate::metrics::Metrics;
+use scoregate::metrics::{Code, Metrics, Outcome};
 use scoregate::proxy::headers::{ForwardedFor, rewrite_request, rewrite_response};
 
 fn client_headers(auth: &str) -> HeaderMap {
@@ -44,28 +46,28 @@ fn benches(c: &mut Criterion) {
     });
 
     let keys = KeyPair {
-        primary: scoregate::auth::keys::generate_key(),
-        secondary: scoregate::auth::keys::generate_key(),
+        primary: Secret::new(scoregate::crypto::generate_key()),
+        secondary: Secret::new(scoregate::crypto::generate_key()),
     };
     let auth = ServiceAuth::Key(Arc::new(arc_swap::ArcSwap::from_pointee(keys.clone())));
-    let good = client_headers(&format!("Bearer {}", keys.secondary));
+    let good = client_headers(&format!("Bearer {}", keys.secondary.expose()));
     c.bench_function(
         "auth/key check (bearer parse + 2 constant-time compares)",
         |b| b.iter(|| auth.authenticate(black_box(&good)).unwrap()),
     );
 
-    let dir = std::env::temp_dir().join(format!("scoregate-bench-{}", std::process::id()));
-    let signer = Signer::open(&dir, TokenAlgorithm::ES256, Duration::from_secs(7200)).unwrap();
+    let key = scoregate::store::plan::generate_signing_key(TokenAlgorithm::ES256, 0).unwrap();
+    let signer = Arc::new(Signer::new(SigningSet::build(&[key]).unwrap()));
     let token = signer
-        .issue("iris", Duration::from_secs(3600), Duration::from_secs(2700))
+        .issue(
+            "iris",
+            None,
+            Duration::from_secs(3600),
+            Duration::from_secs(2700),
+        )
         .unwrap()
         .access_token;
-    let tokens = ServiceTokens::new(
-        "iris",
-        Arc::new(signer.verify_keys().unwrap()),
-        vec![],
-        Duration::from_secs(30),
-    );
+    let tokens = ServiceTokens::new("iris", signer.clone(), vec![], Duration::from_secs(30));
     tokens.verify(token.as_bytes()).unwrap();
     c.bench_function("auth/token ES256 cache hit (sha256 + lookup)", |b| {
         b.iter(|| tokens.verify(black_box(token.as_bytes())).unwrap())
@@ -81,7 +83,7 @@ fn benches(c: &mut Criterion) {
 
     let rid = HeaderValue::from_static("0f8fad5b-d9cb-469f-a165-70867728950e");
     let fwd = ForwardedFor {
-        client_ip: "10.1.2.3".parse().unwrap(),
+        hop: "10.1.2.3".parse().unwrap(),
         trusted_peer: false,
         host: None,
     };
@@ -118,18 +120,19 @@ fn benches(c: &mut Criterion) {
         })
     });
     let metrics = Metrics::new();
-    let svc = metrics.for_service("iris");
+    let svc = metrics.for_service("iris", &["default"]);
     c.bench_function("metrics/record one request (pre-resolved handles)", |b| {
         b.iter(|| {
-            svc.record(
-                200,
-                black_box(0.0012),
-                Some(0.0009),
-                AuthOutcome::Key(scoregate::auth::keys::KeyType::Primary),
-            )
+            svc.record(black_box(&Outcome {
+                status: 200,
+                code: Code::Backend,
+                head_s: Some(0.0012),
+                backend_s: Some(0.0009),
+                auth: AuthOutcome::Key(KeySlot::Primary),
+                deployment: 1,
+            }))
         })
     });
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 criterion_group! {

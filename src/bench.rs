@@ -812,7 +812,7 @@ fn client_config(
     alpn: &[u8],
     resumption: bool,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let provider = crate::tls::provider().clone();
+    let provider = crate::crypto::provider().clone();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)?;
     let mut cfg = match verify {

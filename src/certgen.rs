@@ -112,7 +112,6 @@ pub fn write_demo_certs(dir: &Path, names: &[&str]) -> std::io::Result<WrittenCe
     };
     std::fs::write(&out.ca, ca.cert_pem())?;
     std::fs::write(&out.chain, &leaf.chain_pem)?;
-    crate::auth::keys::write_atomically(&out.key, leaf.key_pem.as_bytes())
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    crate::files::write_atomically(&out.key, leaf.key_pem.as_bytes())?;
     Ok(out)
 }

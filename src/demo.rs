@@ -35,7 +35,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     ));
     let drain = config.server.drain_timeout;
     let server = crate::server::start(config).await?;
-    let keys = server.gateway.keystore.keys("iris")?;
+    let keys = server.shared.keys("iris")?;
     let port = server.addrs[0].port();
     let uri = format!("https://localhost:{port}/api/v1/service/iris/score");
     println!(
@@ -57,8 +57,8 @@ Score two flowers:
     -d '{{"data": [[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]]}}' \
     {uri}
 "#,
-        primary = keys.primary,
-        secondary = keys.secondary,
+        primary = keys.primary.expose(),
+        secondary = keys.secondary.expose(),
         ca = certs.ca.display(),
         admin = server.admin_addr,
         token = dir.join("state").join("admin-token").display(),

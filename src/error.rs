@@ -1,8 +1,17 @@
-//! Gateway errors and the one place that turns them into the contract's JSON responses.
+//! Gateway errors, and the one place that turns them into the contract's JSON responses.
 //!
 //! Every refusal the gateway makes itself is a `GatewayError`. Its variant decides the status,
-//! the `code`, extra headers (`WWW-Authenticate`, `Allow`, `Retry-After`) and the metric label,
-//! so the response, the access log and the metrics never disagree.
+//! the `code`, extra headers (`WWW-Authenticate`, `Allow`, `Retry-After`), the `code` label of
+//! `scoregate_requests_total` and the access log's `status`, so that the response, the log and
+//! the metrics never disagree. Each error also says which side failed (`Side`: the client, the
+//! backend, or the gateway itself) and whether the backend may have seen the request
+//! (`reached_backend`), after Pingora's `ErrorSource` and `RetryType`. Causes are kept as typed
+//! sources (`BackendError`), never flattened into strings.
+//!
+//! The admin API's errors (`AdminError`) share the JSON shape (`json_error`).
+
+use std::error::Error as StdError;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -10,6 +19,9 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use crate::route::Endpoint;
+
+/// A boxed error cause from a lower layer (a connect error, a hyper error).
+pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Why a credential was refused; also the `reason` label of auth-failure metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +35,15 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    pub const ALL: [AuthFailure; 6] = [
+        AuthFailure::Missing,
+        AuthFailure::Malformed,
+        AuthFailure::WrongKey,
+        AuthFailure::InvalidToken,
+        AuthFailure::ExpiredToken,
+        AuthFailure::WrongMode,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing",
@@ -35,9 +56,55 @@ impl AuthFailure {
     }
 }
 
+/// Which side of the gateway a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something the gateway refuses (4xx).
+    Client,
+    /// The backend could not be reached, broke the exchange, or took too long.
+    Backend,
+    /// The gateway itself declined: overloaded, or its shared store is out of reach.
+    Gateway,
+}
+
+/// Why every backend was full (503 `ServiceOverloaded`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// `limits.max_in_flight` requests are in progress across the gateway.
+    InFlightCap,
+    /// Every backend is at its limit and the wait queue is full.
+    QueueFull,
+    /// Every backend stayed at its limit for `max_request_wait_time`.
+    WaitExpired,
+}
+
+impl Overload {
+    fn as_str(self) -> &'static str {
+        match self {
+            Overload::InFlightCap => "too many requests in flight",
+            Overload::QueueFull => "every backend is busy and the wait queue is full",
+            Overload::WaitExpired => "every backend stayed busy for max_request_wait_time",
+        }
+    }
+}
+
+/// Why a request got no answer from a backend (502 `BackendUnavailable`).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// No backend is available: every one fails its health check or is backed off.
+    #[error("no backend is available")]
+    NoneAvailable,
+    /// No connection could be made (after the one retry on another backend, when there was one).
+    #[error("cannot connect to the backend")]
+    Connect(#[source] BoxError),
+    /// The exchange broke after the request was (maybe) sent: a reset, a malformed answer.
+    #[error("the backend broke the exchange")]
+    Exchange(#[source] BoxError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("{0}")]
+    #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("no route for this path")]
     NotFound,
@@ -52,15 +119,32 @@ pub enum GatewayError {
         reason: AuthFailure,
         token_mode: bool,
     },
+    #[error("request body stalled for {0:?}")]
+    RequestTimeout(Duration),
     #[error("request body over {limit} bytes")]
     PayloadTooLarge { limit: u64 },
-    #[error("overloaded: {0}")]
-    Overloaded(&'static str),
-    #[error("backend unavailable: {0}")]
-    BackendUnavailable(String),
+    #[error("overloaded: {}", .0.as_str())]
+    Overloaded(Overload),
+    #[error("backend unavailable")]
+    BackendUnavailable(#[source] BackendError),
     #[error("backend did not answer within {0:?}")]
-    ScoringTimeout(std::time::Duration),
+    ScoringTimeout(Duration),
 }
+
+/// Every error code the gateway can answer with, for metrics and tests.
+pub const CODES: [&str; 11] = [
+    "BadRequest",
+    "NotFound",
+    "ServiceNotFound",
+    "MethodNotAllowed",
+    "Forbidden",
+    "Unauthorized",
+    "RequestTimeout",
+    "PayloadTooLarge",
+    "ServiceOverloaded",
+    "BackendUnavailable",
+    "ScoringTimeout",
+];
 
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
@@ -70,6 +154,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Forbidden => StatusCode::FORBIDDEN,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BackendUnavailable(_) => StatusCode::BAD_GATEWAY,
@@ -77,6 +162,7 @@ impl GatewayError {
         }
     }
 
+    /// The contract's `code`; also the `code` label of the request counter.
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::BadRequest(_) => "BadRequest",
@@ -85,10 +171,47 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => "MethodNotAllowed",
             GatewayError::Forbidden => "Forbidden",
             GatewayError::Unauthorized { .. } => "Unauthorized",
+            GatewayError::RequestTimeout(_) => "RequestTimeout",
             GatewayError::PayloadTooLarge { .. } => "PayloadTooLarge",
             GatewayError::Overloaded(_) => "ServiceOverloaded",
             GatewayError::BackendUnavailable(_) => "BackendUnavailable",
             GatewayError::ScoringTimeout(_) => "ScoringTimeout",
+        }
+    }
+
+    /// The index of `code()` in `CODES` (the metrics' label slot).
+    pub fn code_index(&self) -> usize {
+        CODES
+            .iter()
+            .position(|c| *c == self.code())
+            .expect("every code is listed")
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            GatewayError::BadRequest(_)
+            | GatewayError::NotFound
+            | GatewayError::ServiceNotFound(_)
+            | GatewayError::MethodNotAllowed(_)
+            | GatewayError::Forbidden
+            | GatewayError::Unauthorized { .. }
+            | GatewayError::RequestTimeout(_)
+            | GatewayError::PayloadTooLarge { .. } => Side::Client,
+            GatewayError::Overloaded(_) => Side::Gateway,
+            GatewayError::BackendUnavailable(_) | GatewayError::ScoringTimeout(_) => Side::Backend,
+        }
+    }
+
+    /// Whether a backend may have received (part of) the request. `false` means a retry cannot
+    /// make a model score twice: the gateway itself retries a failed connect on another backend
+    /// only then, and clients may safely retry such answers.
+    pub fn reached_backend(&self) -> bool {
+        match self {
+            GatewayError::BackendUnavailable(BackendError::Exchange(_))
+            | GatewayError::ScoringTimeout(_) => true,
+            // A streamed body cut off at the limit or a stalled upload was being sent.
+            GatewayError::PayloadTooLarge { .. } | GatewayError::RequestTimeout(_) => true,
+            _ => false,
         }
     }
 
@@ -99,37 +222,29 @@ impl GatewayError {
             GatewayError::NotFound => {
                 "No such endpoint. Scoring URLs look like /api/v1/service/<name>/score.".into()
             }
-            GatewayError::ServiceNotFound(name) => {
-                format!("Service '{name}' does not exist. Check the service name in the scoring URI.")
-            }
-            GatewayError::MethodNotAllowed(e) => format!(
-                "This endpoint takes {} only.",
-                e.allow_header()
+            GatewayError::ServiceNotFound(name) => format!(
+                "Service '{name}' does not exist. Check the service name in the scoring URI."
             ),
-            GatewayError::Forbidden => "Your network address is not allowed to call this service.".into(),
-            GatewayError::Unauthorized { reason, token_mode } => match (reason, token_mode) {
-                (AuthFailure::Missing, _) => {
-                    "Authorization header missing. Send 'Authorization: Bearer <key or token>'.".into()
-                }
-                (AuthFailure::Malformed, _) => {
-                    "Authorization header malformed. Send 'Authorization: Bearer <key or token>'.".into()
-                }
-                (AuthFailure::WrongMode, true) => {
-                    "This service takes tokens, not keys. Get a token and send it as 'Bearer <token>'.".into()
-                }
-                (AuthFailure::WrongMode, false) => {
-                    "This service takes keys, not tokens. Send the primary or secondary key.".into()
-                }
-                (AuthFailure::ExpiredToken, _) => "The token has expired. Get a new token.".into(),
-                (_, true) => "The token is not valid for this service.".into(),
-                (_, false) => "The key is not valid for this service.".into(),
-            },
+            GatewayError::MethodNotAllowed(e) => {
+                format!("This endpoint takes {} only.", e.allow_header())
+            }
+            GatewayError::Forbidden => {
+                "Your network address is not allowed to call this service.".into()
+            }
+            GatewayError::Unauthorized { reason, token_mode } => {
+                unauthorized_message(*reason, *token_mode).into()
+            }
+            GatewayError::RequestTimeout(t) => format!(
+                "The request body stopped arriving for {}. Send the body without pauses.",
+                humantime::format_duration(*t)
+            ),
             GatewayError::PayloadTooLarge { limit } => {
                 format!("The request body is larger than this service's limit of {limit} bytes.")
             }
-            GatewayError::Overloaded(what) => {
-                format!("The service is overloaded ({what}). Retry after the time in Retry-After.")
-            }
+            GatewayError::Overloaded(what) => format!(
+                "The service is overloaded ({}). Retry after the time in Retry-After.",
+                what.as_str()
+            ),
             GatewayError::BackendUnavailable(_) => {
                 "The model backend could not be reached or broke its response. Retry later.".into()
             }
@@ -140,18 +255,13 @@ impl GatewayError {
         }
     }
 
-    /// Builds the contract's JSON error response.
+    /// The one function from an error to its response: status, JSON body, and the headers the
+    /// code calls for. The per-request headers (`x-ms-request-id`, ...) and the decision to
+    /// close an HTTP/1.1 connection after it (which also depends on what is left of the request
+    /// body) are added by `gateway::respond`.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({
-            "error": { "code": self.code(), "message": self.message() }
-        });
-        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-        *resp.status_mut() = self.status();
+        let mut resp = json_error(self.status(), self.code(), &self.message());
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         match self {
             GatewayError::Unauthorized { reason, token_mode } => {
                 let v = if *token_mode && *reason != AuthFailure::Missing {
@@ -173,7 +283,28 @@ impl GatewayError {
     }
 }
 
-/// A JSON error for the admin API, in the same shape as the gateway's.
+fn unauthorized_message(reason: AuthFailure, token_mode: bool) -> &'static str {
+    match (reason, token_mode) {
+        (AuthFailure::Missing, _) => {
+            "Authorization header missing. Send 'Authorization: Bearer <key or token>'."
+        }
+        (AuthFailure::Malformed, _) => {
+            "Authorization header malformed. Send 'Authorization: Bearer <key or token>'."
+        }
+        (AuthFailure::WrongMode, true) => {
+            "This service takes tokens, not keys. Get a token and send it as 'Bearer <token>'."
+        }
+        (AuthFailure::WrongMode, false) => {
+            "This service takes keys, not tokens. Send the primary or secondary key."
+        }
+        (AuthFailure::ExpiredToken, _) => "The token has expired. Get a new token.",
+        (_, true) => "The token is not valid for this service.",
+        (_, false) => "The key is not valid for this service.",
+    }
+}
+
+/// The contract's error shape, `{"error": {"code", "message"}}` as `application/json`, for the
+/// gateway's and the admin API's errors alike.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "error": { "code": code, "message": message } });
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -183,6 +314,99 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Ful
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// An error of the admin API: its status, code and message, answered as `json_error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// `Retry-After` in seconds (503 `StoreUnavailable`).
+    pub retry_after: Option<u32>,
+}
+
+impl AdminError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        AdminError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NotFound", "No such admin endpoint.")
+    }
+
+    pub fn unknown_service(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "ServiceNotFound",
+            format!("Service '{name}' does not exist."),
+        )
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "Wrong method for this admin endpoint.",
+        )
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "The admin API needs 'Authorization: Bearer <admin token>' (see admin.token_file).",
+        )
+    }
+
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let mut r = json_error(self.status, self.code, &self.message);
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+impl std::fmt::Display for AdminError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+/// Formats an error with its sources (`a: b: c`), for logs.
+pub struct DisplayChain<'a>(pub &'a (dyn StdError + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -225,8 +449,35 @@ mod tests {
             (405, &HeaderValue::from_static("POST"))
         );
 
-        let r = GatewayError::Overloaded("queue full").to_response();
+        let r = GatewayError::Overloaded(Overload::QueueFull).to_response();
         assert_eq!(r.headers()["retry-after"], "1");
         assert_eq!(body_json(r).await["error"]["code"], "ServiceOverloaded");
+    }
+
+    #[test]
+    fn every_code_is_listed_and_sides_and_reach_are_consistent() {
+        let all = [
+            GatewayError::BadRequest("x"),
+            GatewayError::NotFound,
+            GatewayError::ServiceNotFound("x".into()),
+            GatewayError::MethodNotAllowed(Endpoint::Score),
+            GatewayError::Forbidden,
+            GatewayError::Unauthorized {
+                reason: AuthFailure::Missing,
+                token_mode: false,
+            },
+            GatewayError::RequestTimeout(Duration::from_secs(1)),
+            GatewayError::PayloadTooLarge { limit: 1 },
+            GatewayError::Overloaded(Overload::WaitExpired),
+            GatewayError::BackendUnavailable(BackendError::NoneAvailable),
+            GatewayError::BackendUnavailable(BackendError::Exchange("x".into())),
+            GatewayError::ScoringTimeout(Duration::from_secs(1)),
+        ];
+        for e in &all {
+            assert!(CODES.contains(&e.code()), "{}", e.code());
+            assert_eq!(e.side() == Side::Client, e.status().is_client_error());
+        }
+        assert!(!all[9].reached_backend());
+        assert!(all[10].reached_backend());
     }
 }

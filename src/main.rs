@@ -207,5 +207,5 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     init_logging(config.log.format, config.log.access);
     let rt = runtime(config.worker_threads)?;
-    rt.block_on(scoregate::serve::run(path, config))
+    rt.block_on(scoregate::server::run(config))
 }

@@ -1,14 +1,25 @@
 //! Prometheus metrics. Every name starts with `scoregate_`; the `service` label only takes
-//! configured names. Per-service handles are resolved when a snapshot is built, so the hot path
-//! increments plain atomics and never looks up a label.
+//! configured names. Per-service handles are resolved when a snapshot is built (the request
+//! counter's rarer (code, class) pairs on their first use, then kept), so the hot path increments
+//! plain atomics and never looks up a label.
+//!
+//! `scoregate_requests_total{service, deployment, class, code}` counts every request once, when
+//! its response has ended or the client has gone: `code` is the gateway's error code when the
+//! gateway answered (`BackendUnavailable`, `ScoringTimeout`, ...), `backend` when the backend's
+//! answer was delivered (whatever its status), `body_error` when the backend's body broke after
+//! its head was sent, and `client_gone` when the client left before the response ended (with the
+//! status of the head when one was sent, else 499, as nginx logs it). So a model's own 500 (`code="backend"`)
+//! and a 502 the gateway made (`code="BackendUnavailable"`) are told apart.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use std::sync::OnceLock;
+
 use crate::auth::AuthOutcome;
-use crate::auth::keys::KeyType;
+use crate::auth::keys::KeySlot;
 use crate::error::AuthFailure;
 
 /// Latency buckets (seconds): scoring calls span ~1 ms (tiny models) to a minute (the timeout).
@@ -29,14 +40,49 @@ pub const REFUSAL_REASONS: [&str; 3] = ["policy", "max_connections", "proxy_prot
 pub const TIMEOUT_REASONS: [&str; 3] = ["header_read", "idle", "send"];
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-const AUTH_REASONS: [AuthFailure; 6] = [
-    AuthFailure::Missing,
-    AuthFailure::Malformed,
-    AuthFailure::WrongKey,
-    AuthFailure::InvalidToken,
-    AuthFailure::ExpiredToken,
-    AuthFailure::WrongMode,
-];
+const AUTH_REASONS: [AuthFailure; 6] = AuthFailure::ALL;
+
+/// How a request ended, for the `code` label: who answered, or what went wrong after the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// The backend's answer was delivered, whatever its status.
+    Backend,
+    /// The client went away before the response ended.
+    ClientGone,
+    /// The backend's body failed after its head was sent.
+    BodyError,
+    /// The gateway answered with the error code at this index of `error::CODES`.
+    Error(usize),
+}
+
+/// `code` label values, in slot order: the three outcomes, then every error code.
+fn code_labels() -> impl Iterator<Item = &'static str> {
+    ["backend", "client_gone", "body_error"]
+        .into_iter()
+        .chain(crate::error::CODES)
+}
+
+const N_CODES: usize = 3 + crate::error::CODES.len();
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Backend => "backend",
+            Code::ClientGone => "client_gone",
+            Code::BodyError => "body_error",
+            Code::Error(i) => crate::error::CODES[i],
+        }
+    }
+
+    fn slot(self) -> usize {
+        match self {
+            Code::Backend => 0,
+            Code::ClientGone => 1,
+            Code::BodyError => 2,
+            Code::Error(i) => 3 + i,
+        }
+    }
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -66,27 +112,27 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "scoregate_requests_total",
-                "Scoring requests by service and status class",
+                "Scoring requests by service, deployment, status class and code (the gateway's error code, or backend, client_gone, body_error)",
             ),
-            &["service", "class"],
+            &["service", "deployment", "class", "code"],
         )
         .unwrap();
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "scoregate_request_duration_seconds",
-                "Time from request to response headers, by service",
+                "Time from request to response headers, by service and deployment",
             )
             .buckets(BUCKETS.to_vec()),
-            &["service"],
+            &["service", "deployment"],
         )
         .unwrap();
         let backend_duration = HistogramVec::new(
             HistogramOpts::new(
                 "scoregate_backend_duration_seconds",
-                "Time the backend took to answer (response headers), by service",
+                "Time the backend took to answer (response headers), by service and deployment",
             )
             .buckets(BUCKETS.to_vec()),
-            &["service"],
+            &["service", "deployment"],
         )
         .unwrap();
         let auth_failures = IntCounterVec::new(
@@ -108,9 +154,9 @@ impl Metrics {
         let unrouted = IntCounterVec::new(
             Opts::new(
                 "scoregate_unrouted_requests_total",
-                "Requests that matched no configured service (404) or were malformed, by status class",
+                "Requests that matched no configured service (404) or were malformed, by status class and code",
             ),
-            &["class"],
+            &["class", "code"],
         )
         .unwrap();
         let in_flight =
@@ -138,7 +184,7 @@ impl Metrics {
         let connection_timeouts = IntCounterVec::new(
             Opts::new(
                 "scoregate_connection_timeouts_total",
-                "Client connections closed by a front-side timeout (header_read, idle)",
+                "Client connections closed by a front-side timeout (header_read, idle, send)",
             ),
             &["reason"],
         )
@@ -176,9 +222,6 @@ impl Metrics {
         }
         for r in TIMEOUT_REASONS {
             connection_timeouts.with_label_values(&[r]);
-        }
-        for c in &CLASSES {
-            unrouted.with_label_values(&[c]);
         }
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(requests.clone()),
@@ -219,41 +262,60 @@ impl Metrics {
         }
     }
 
-    /// Resolves every handle one service needs, once, at snapshot build.
-    pub fn for_service(&self, name: &str) -> ServiceMetrics {
+    /// Resolves every handle one service needs, once, at snapshot build. `deployments` are the
+    /// service's deployment names; requests refused before a deployment was chosen count under
+    /// deployment `""`.
+    pub fn for_service(&self, name: &str, deployments: &[&str]) -> ServiceMetrics {
+        let by_deployment = std::iter::once("")
+            .chain(deployments.iter().copied())
+            .map(|d| DeploymentMetrics {
+                service: name.into(),
+                deployment: d.into(),
+                requests: self.requests.clone(),
+                counters: std::array::from_fn(|_| OnceLock::new()),
+                backend_2xx: self
+                    .requests
+                    .with_label_values(&[name, d, "2xx", "backend"]),
+                duration: self.request_duration.with_label_values(&[name, d]),
+                backend_duration: self.backend_duration.with_label_values(&[name, d]),
+            })
+            .collect();
         ServiceMetrics {
-            requests: CLASSES.map(|c| self.requests.with_label_values(&[name, c])),
-            duration: self.request_duration.with_label_values(&[name]),
-            backend_duration: self.backend_duration.with_label_values(&[name]),
+            by_deployment,
             auth_failures: AUTH_REASONS
                 .map(|r| self.auth_failures.with_label_values(&[name, r.as_str()])),
             key_used: [
                 self.key_used
-                    .with_label_values(&[name, KeyType::Primary.as_str()]),
+                    .with_label_values(&[name, KeySlot::Primary.as_str()]),
                 self.key_used
-                    .with_label_values(&[name, KeyType::Secondary.as_str()]),
+                    .with_label_values(&[name, KeySlot::Secondary.as_str()]),
             ],
         }
     }
 
-    /// Drops the series of services no longer configured.
-    pub fn forget_service(&self, name: &str) {
-        for c in CLASSES {
-            let _ = self.requests.remove_label_values(&[name, c]);
+    /// Drops the series of a service no longer configured (or of its deployments).
+    pub fn forget_service(&self, name: &str, deployments: &[&str]) {
+        for d in std::iter::once("").chain(deployments.iter().copied()) {
+            for class in CLASSES {
+                for code in code_labels() {
+                    let _ = self.requests.remove_label_values(&[name, d, class, code]);
+                }
+            }
+            let _ = self.request_duration.remove_label_values(&[name, d]);
+            let _ = self.backend_duration.remove_label_values(&[name, d]);
         }
-        let _ = self.request_duration.remove_label_values(&[name]);
-        let _ = self.backend_duration.remove_label_values(&[name]);
         for r in AUTH_REASONS {
             let _ = self.auth_failures.remove_label_values(&[name, r.as_str()]);
         }
-        for k in [KeyType::Primary, KeyType::Secondary] {
+        for k in [KeySlot::Primary, KeySlot::Secondary] {
             let _ = self.key_used.remove_label_values(&[name, k.as_str()]);
         }
     }
 
-    pub fn unrouted(&self, status: u16) {
+    /// A request that matched no configured service (404), or was refused before routing.
+    pub fn unrouted(&self, status: u16, code: Code) {
         self.unrouted
-            .with_label_values(&[CLASSES[class_index(status)]])
+            .with_label_values(&[CLASSES[class_index(status)], code.as_str()])
             .inc();
     }
 
@@ -275,28 +337,78 @@ impl Default for Metrics {
 
 /// Pre-resolved handles for one service.
 pub struct ServiceMetrics {
-    requests: [IntCounter; 5],
-    duration: Histogram,
-    backend_duration: Histogram,
+    /// Index 0: before a deployment was chosen (`deployment=""`); then one per deployment.
+    by_deployment: Vec<DeploymentMetrics>,
     auth_failures: [IntCounter; 6],
     key_used: [IntCounter; 2],
 }
 
+/// Handles for one (service, deployment).
+pub struct DeploymentMetrics {
+    service: String,
+    deployment: String,
+    requests: IntCounterVec,
+    /// One per (code, class), resolved on first use.
+    counters: [OnceLock<IntCounter>; N_CODES * 5],
+    /// The common case, resolved at build.
+    backend_2xx: IntCounter,
+    duration: Histogram,
+    backend_duration: Histogram,
+}
+
+impl DeploymentMetrics {
+    fn count(&self, status: u16, code: Code) {
+        let class = class_index(status);
+        if code == Code::Backend && class == 1 {
+            self.backend_2xx.inc();
+            return;
+        }
+        self.counters[code.slot() * 5 + class]
+            .get_or_init(|| {
+                self.requests.with_label_values(&[
+                    self.service.as_str(),
+                    self.deployment.as_str(),
+                    CLASSES[class],
+                    code.as_str(),
+                ])
+            })
+            .inc();
+    }
+}
+
+/// What the observe phase records for one request.
+pub struct Outcome {
+    pub status: u16,
+    pub code: Code,
+    /// Time to the response head (`None`: the client left before it).
+    pub head_s: Option<f64>,
+    pub backend_s: Option<f64>,
+    pub auth: AuthOutcome,
+    /// Index of the deployment (0: none chosen).
+    pub deployment: usize,
+}
+
 impl ServiceMetrics {
     /// Records one finished request (the observe phase).
-    pub fn record(&self, status: u16, elapsed_s: f64, backend_s: Option<f64>, auth: AuthOutcome) {
-        self.requests[class_index(status)].inc();
-        self.duration.observe(elapsed_s);
-        if let Some(b) = backend_s {
-            self.backend_duration.observe(b);
+    pub fn record(&self, o: &Outcome) {
+        let d = self
+            .by_deployment
+            .get(o.deployment)
+            .unwrap_or(&self.by_deployment[0]);
+        d.count(o.status, o.code);
+        if let Some(h) = o.head_s {
+            d.duration.observe(h);
         }
-        match auth {
+        if let Some(b) = o.backend_s {
+            d.backend_duration.observe(b);
+        }
+        match o.auth {
             AuthOutcome::Failed(f) => {
                 let i = AUTH_REASONS.iter().position(|r| *r == f).unwrap_or(0);
                 self.auth_failures[i].inc();
             }
-            AuthOutcome::Key(KeyType::Primary) => self.key_used[0].inc(),
-            AuthOutcome::Key(KeyType::Secondary) => self.key_used[1].inc(),
+            AuthOutcome::Key(KeySlot::Primary) => self.key_used[0].inc(),
+            AuthOutcome::Key(KeySlot::Secondary) => self.key_used[1].inc(),
             _ => {}
         }
     }

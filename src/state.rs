@@ -1,45 +1,36 @@
-//! Shared state: the immutable `Snapshot` the hot path reads, and the long-lived `Gateway` that
-//! owns it, swaps it on reload, and holds what outlives snapshots (certificate resolver, key
-//! store, backend runtime state and connection pools, metrics).
+//! Shared state: the immutable `Snapshot` the hot path reads, and `Shared`, which owns it, swaps
+//! it on reload, and holds what outlives snapshots: the certificate resolver, the state store
+//! and the state last read from it, the live key cells and signing keys, backend runtime state
+//! and connection pools, and the metrics.
+//!
+//! Changing the state goes in two steps: `build` makes everything a new state needs off to the
+//! side and may fail without a trace; `publish` puts a built state in force and cannot fail.
+//! Reload (`reload`) and the admin API's writes persist to the store between the two.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use ipnet::IpNet;
 
 use crate::auth::ServiceAuth;
-use crate::auth::keys::{KeyStore, SharedKeys};
-use crate::auth::tokens::{ServiceTokens, Signer, TrustedIssuer};
-use crate::config::{AuthMode, Config, JwksSource, ServiceConfig};
+use crate::auth::issuers::TrustedIssuer;
+use crate::auth::keys::{KeyPair, KeySlot, SharedKeys};
+use crate::auth::signer::{Signer, SignerError, SigningSet};
+use crate::auth::tokens::ServiceTokens;
+use crate::client::{AddressPolicy, Trust};
+use crate::config::{AuthMode, Config, ConfigError, JwksSource, ServiceConfig};
+use crate::crypto::Secret;
 use crate::metrics::{Metrics, ServiceMetrics};
-use crate::proxy::upstream::{Backend, Upstream};
-use crate::tls::{CertStore, SniResolver};
+use crate::proxy::upstream::{Backend, ProbeSettings, Upstream};
+use crate::proxy::{ForwardSettings, health};
+use crate::store::plan::PlanError;
+use crate::store::{ServiceRecord, Store, StoreError, StoreState};
+use crate::tls::{CertStore, SniResolver, TlsError};
 
-/// Client address rules: deny wins over allow; an empty allow list admits everyone.
-#[derive(Debug, Clone, Default)]
-pub struct AddressPolicy {
-    pub allow: Vec<IpNet>,
-    pub deny: Vec<IpNet>,
-}
-
-impl AddressPolicy {
-    pub fn admits(&self, ip: IpAddr) -> bool {
-        let ip = canonical_ip(ip);
-        !self.deny.iter().any(|n| n.contains(&ip))
-            && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
-    }
-}
-
-/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, from dual-stack sockets) count as IPv4.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
+/// The one deployment of a service with `backends` (contract §8).
+pub const DEFAULT_DEPLOYMENT: &str = "default";
 
 /// One configured service, ready for the hot path.
 pub struct Service {
@@ -47,6 +38,7 @@ pub struct Service {
     pub auth: ServiceAuth,
     pub policy: AddressPolicy,
     pub upstream: Upstream,
+    pub forward: ForwardSettings,
     pub metrics: ServiceMetrics,
 }
 
@@ -55,45 +47,97 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub services: HashMap<String, Arc<Service>>,
     pub listener_policy: AddressPolicy,
+    pub trust: Trust,
     /// Trusted token issuers in force (reused by the next reload when unchanged, so a JWKS URL
     /// keeps its keys and background refresh).
     pub issuers: Vec<Arc<TrustedIssuer>>,
-    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Snapshot {
     pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
         self.services.get(name)
     }
+}
 
-    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
-        let ip = canonical_ip(ip);
-        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+/// Why a state could not be built (start, reload).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("tokens.trusted_issuers[{index}] ({issuer}): {why}")]
+    Jwks {
+        index: usize,
+        issuer: String,
+        why: String,
+    },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("service {0:?} has no keys in the state store")]
+    MissingKeys(String),
+}
+
+impl BuildError {
+    /// The operator's input is at fault (a bad config, certificate or JWKS file), rather than
+    /// the gateway's own state: reload answers 400 `InvalidConfig` instead of 500.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            BuildError::Config(_)
+                | BuildError::Tls(_)
+                | BuildError::Jwks { .. }
+                | BuildError::Plan(_)
+        )
     }
 }
 
-/// Why the gateway could not start (or a reload could not be applied).
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("{0}")]
-    Config(String),
-    #[error("{0}")]
-    Tls(String),
-    #[error("{0}")]
-    State(String),
+/// Everything `publish` puts in force, made by `build` without changing anything.
+pub struct Built {
+    pub snapshot: Snapshot,
+    /// The store state the snapshot was built on.
+    pub state: StoreState,
+    /// Each key-mode service's cell and the pair to store in it.
+    keys: BTreeMap<String, (SharedKeys, KeyPair)>,
+    signing: SigningSet,
+    /// Backends with the probe settings the new snapshot gives them; `true` for new ones.
+    backends: Vec<(Arc<Backend>, ProbeSettings, bool)>,
+    new_issuers: Vec<Arc<TrustedIssuer>>,
 }
 
-/// The process-wide gateway.
-pub struct Gateway {
+/// What a failed admin write reports.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("service {0:?} does not exist")]
+    UnknownService(String),
+    #[error("service {0:?} is not in key mode")]
+    NotKeyMode(String),
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The process-wide state.
+pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     pub certs: Arc<SniResolver>,
     pub tls_config: Arc<rustls::ServerConfig>,
-    pub keystore: KeyStore,
-    /// Signing keys of the tokens this gateway issues.
-    pub signer: Signer,
+    pub store: Arc<Store>,
+    /// The store state in force (admin reads and writes, reload; never the hot path).
+    state: Mutex<StoreState>,
+    /// The live key cell of each key-mode service.
+    keyring: Mutex<BTreeMap<String, SharedKeys>>,
+    pub signer: Arc<Signer>,
     pub metrics: Metrics,
     /// Runtime state of backends by URL, shared by every snapshot that names them.
     backends: Mutex<HashMap<String, Weak<Backend>>>,
+    /// Serialises everything that writes the store: reloads and admin writes.
+    pub writes: tokio::sync::Mutex<()>,
     /// False until started, and again while draining (`/readyz`).
     pub ready: AtomicBool,
     /// Requests in flight across all services (global cap, drain).
@@ -104,48 +148,60 @@ pub struct Gateway {
     pub bound: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
 }
 
-impl Gateway {
-    /// Loads certificates and the key store and builds the first snapshot.
-    pub fn new(config: Config) -> Result<Arc<Gateway>, BuildError> {
-        let store = crate::tls::load_all(&config.tls).map_err(BuildError::Tls)?;
-        let keystore =
-            KeyStore::open(&config.state_dir).map_err(|e| BuildError::State(e.to_string()))?;
-        let signer = Signer::open(
-            &config.state_dir,
-            config.tokens.algorithm,
-            config.tokens.lifetime + config.tokens.leeway,
-        )
-        .map_err(|e| BuildError::State(e.to_string()))?;
+impl Shared {
+    /// Opens the store, loads certificates and JWKS files (off the runtime), applies the config
+    /// to the store, and builds and publishes the first snapshot.
+    pub async fn start(config: Config) -> Result<Arc<Shared>, BuildError> {
+        let cfg = config.clone();
+        let (store, state, certs, issuers) = tokio::task::spawn_blocking(move || {
+            let (store, state) = Store::open(&cfg)?;
+            let certs = crate::tls::load_all(&cfg.tls)?;
+            let issuers = load_issuers(&[], &cfg)?;
+            Ok::<_, BuildError>((store, state, certs, issuers))
+        })
+        .await
+        .expect("start-up loading does not panic")?;
+        let store = Arc::new(store);
+        let planned = {
+            let (st, c, s) = (state.clone(), config.clone(), store.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::store::plan::plan(&st, &c, SystemTime::now(), &|v| s.fingerprint(v))
+            })
+            .await
+            .expect("planning does not panic")?
+        };
         let metrics = Metrics::new();
-        publish_cert_metrics(&metrics, &store);
-        let certs = Arc::new(SniResolver::new(store));
+        publish_cert_metrics(&metrics, &certs);
+        let certs = Arc::new(SniResolver::new(certs));
         let tls_config = crate::tls::server_config(certs.clone());
-        let gw = Gateway {
+        let shared = Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 config: Arc::new(config.clone()),
                 services: HashMap::new(),
                 listener_policy: AddressPolicy::default(),
-                trusted_proxies: vec![],
+                trust: Trust::default(),
                 issuers: vec![],
             }),
             certs,
             tls_config,
-            keystore,
-            signer,
+            store,
+            state: Mutex::new(state.clone()),
+            keyring: Mutex::default(),
+            signer: Arc::new(Signer::new(SigningSet::build(&planned.signing_keys)?)),
             metrics,
             backends: Mutex::new(HashMap::new()),
+            writes: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             config_path: config.file.clone(),
             bound: std::sync::OnceLock::new(),
         };
-        let keys = gw
-            .keystore
-            .reconcile(&config)
-            .map_err(|e| BuildError::State(e.to_string()))?;
-        let snap = gw.build_snapshot(config, &keys)?;
-        gw.snapshot.store(Arc::new(snap));
-        Ok(Arc::new(gw))
+        let built = shared.build(config, planned, issuers)?;
+        if built.state != state {
+            shared.store.commit(&built.state).await?;
+        }
+        shared.publish(built);
+        Ok(Arc::new(shared))
     }
 
     /// The snapshot in force. Cheap: one atomic load and a reference count.
@@ -153,52 +209,64 @@ impl Gateway {
         self.snapshot.load_full()
     }
 
-    /// Publishes a new snapshot (reload).
-    pub fn publish(&self, snap: Snapshot) {
-        self.snapshot.store(Arc::new(snap));
+    /// The store state in force.
+    pub fn state(&self) -> StoreState {
+        self.state.lock().unwrap().clone()
     }
 
-    /// The backend for `uri`, shared with every snapshot that names it (its in-flight count,
-    /// health and checker carry over reloads); a new one gets its active health checker here.
-    /// Probe settings come from the last service built that names it.
-    fn backend(&self, uri: &http::Uri, sc: &ServiceConfig) -> Arc<Backend> {
-        let fresh = Backend::new(uri);
-        let mut map = self.backends.lock().unwrap();
-        map.retain(|_, w| w.strong_count() > 0);
-        if let Some(b) = map.get(&fresh.url).and_then(Weak::upgrade) {
-            b.set_probe_settings(&sc.health, sc.backend_protocol);
-            return b;
+    /// One service's record.
+    pub fn record(&self, name: &str) -> Option<ServiceRecord> {
+        self.state.lock().unwrap().services.get(name).cloned()
+    }
+
+    /// The keys in force for a key-mode service.
+    pub fn keys(&self, name: &str) -> Result<KeyPair, WriteError> {
+        match self.keyring.lock().unwrap().get(name) {
+            Some(cell) => Ok((**cell.load()).clone()),
+            None if self.record(name).is_some() => Err(WriteError::NotKeyMode(name.into())),
+            None => Err(WriteError::UnknownService(name.into())),
         }
-        fresh.set_probe_settings(&sc.health, sc.backend_protocol);
-        let b = Arc::new(fresh);
-        map.insert(b.url.clone(), Arc::downgrade(&b));
-        crate::proxy::health::spawn_checker(&b);
-        b
     }
 
-    /// Builds a snapshot from a validated config and the live keys.
-    pub fn build_snapshot(
+    /// Builds a complete new state for `config` on the store state `state`, without changing
+    /// anything in force.
+    pub fn build(
         &self,
         config: Config,
-        keys: &BTreeMap<String, SharedKeys>,
-    ) -> Result<Snapshot, BuildError> {
-        // Token keys: the signing algorithm may have changed (a new kid; old keys keep verifying).
-        self.signer
-            .ensure(
-                config.tokens.algorithm,
-                config.tokens.lifetime + config.tokens.leeway,
-            )
-            .map_err(|e| BuildError::State(e.to_string()))?;
-        let own_keys = Arc::new(self.signer.verify_keys().map_err(BuildError::State)?);
-        let issuers = self.trusted_issuers(&config)?;
+        state: StoreState,
+        issuers: Vec<Arc<TrustedIssuer>>,
+    ) -> Result<Built, BuildError> {
+        let signing = SigningSet::build(&state.signing_keys)?;
+        let old_issuers = self.snapshot.load().issuers.clone();
+        let new_issuers = issuers
+            .iter()
+            .filter(|i| !old_issuers.iter().any(|o| Arc::ptr_eq(o, i)))
+            .cloned()
+            .collect();
+        let keyring = self.keyring.lock().unwrap().clone();
+        let registry = self.backends.lock().unwrap().clone();
+        let mut keys = BTreeMap::new();
+        let mut backends: Vec<(Arc<Backend>, ProbeSettings, bool)> = Vec::new();
         let mut services = HashMap::with_capacity(config.services.len());
         for sc in &config.services {
             let auth = match sc.auth {
                 AuthMode::None => ServiceAuth::None,
                 AuthMode::Key => {
-                    ServiceAuth::Key(keys.get(&sc.name).cloned().ok_or_else(|| {
-                        BuildError::State(format!("no keys for service {:?}", sc.name))
-                    })?)
+                    let rec = state.services.get(&sc.name);
+                    let pair = rec
+                        .and_then(|r| {
+                            Some(KeyPair {
+                                primary: r.key(KeySlot::Primary)?.clone(),
+                                secondary: r.key(KeySlot::Secondary)?.clone(),
+                            })
+                        })
+                        .ok_or_else(|| BuildError::MissingKeys(sc.name.clone()))?;
+                    let cell = keyring
+                        .get(&sc.name)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(ArcSwap::from_pointee(pair.clone())));
+                    keys.insert(sc.name.clone(), (cell.clone(), pair));
+                    ServiceAuth::Key(cell)
                 }
                 AuthMode::Token => {
                     let accepted = issuers
@@ -212,57 +280,181 @@ impl Gateway {
                         .collect();
                     ServiceAuth::Token(ServiceTokens::new(
                         &sc.name,
-                        own_keys.clone(),
+                        self.signer.clone(),
                         accepted,
                         config.tokens.leeway,
                     ))
                 }
             };
-            let backends = sc.backends.iter().map(|u| self.backend(u, sc)).collect();
+            let probe = ProbeSettings {
+                health: sc.health.clone(),
+                protocol: sc.backend_protocol,
+            };
+            let mut ups = Vec::with_capacity(sc.backends.len());
+            for uri in &sc.backends {
+                let fresh = Backend::new(uri);
+                let b = match backends.iter().find(|(b, ..)| b.url == fresh.url) {
+                    Some((b, ..)) => b.clone(),
+                    None => match registry.get(&fresh.url).and_then(Weak::upgrade) {
+                        Some(b) => {
+                            backends.push((b.clone(), probe.clone(), false));
+                            b
+                        }
+                        None => {
+                            let b = Arc::new(fresh);
+                            backends.push((b.clone(), probe.clone(), true));
+                            b
+                        }
+                    },
+                };
+                ups.push(b);
+            }
             let svc = Service {
+                forward: ForwardSettings {
+                    score_path: sc.score_path.clone(),
+                    scoring_timeout: sc.scoring_timeout,
+                    max_body: sc.max_body,
+                    limit: sc.max_concurrent_requests_per_backend,
+                    max_wait: sc.max_request_wait_time,
+                },
                 config: sc.clone(),
                 auth,
                 policy: AddressPolicy {
                     allow: sc.allow.clone(),
                     deny: sc.deny.clone(),
                 },
-                upstream: Upstream::new(backends, sc.backend_protocol),
-                metrics: self.metrics.for_service(&sc.name),
+                upstream: Upstream::new(ups, sc.backend_protocol),
+                metrics: self.metrics.for_service(&sc.name, &[DEFAULT_DEPLOYMENT]),
             };
             services.insert(sc.name.clone(), Arc::new(svc));
         }
-        Ok(Snapshot {
-            listener_policy: AddressPolicy {
-                allow: config.listen.allow.clone(),
-                deny: config.listen.deny.clone(),
+        Ok(Built {
+            snapshot: Snapshot {
+                listener_policy: AddressPolicy {
+                    allow: config.listen.allow.clone(),
+                    deny: config.listen.deny.clone(),
+                },
+                trust: Trust {
+                    trusted_proxies: config.listen.trusted_proxies.clone(),
+                    proxy_protocol: config.listen.proxy_protocol,
+                },
+                config: Arc::new(config),
+                services,
+                issuers,
             },
-            trusted_proxies: config.listen.trusted_proxies.clone(),
-            config: Arc::new(config),
-            services,
-            issuers,
+            state,
+            keys,
+            signing,
+            backends,
+            new_issuers,
         })
     }
 
-    /// The trusted issuers for a config: JWKS files are read now (an error fails the build);
-    /// a JWKS URL issuer whose settings did not change is carried over with its keys.
-    fn trusted_issuers(&self, config: &Config) -> Result<Vec<Arc<TrustedIssuer>>, BuildError> {
-        let old = self.snapshot.load();
-        config
-            .tokens
-            .trusted_issuers
-            .iter()
-            .map(|ti| {
-                let reuse = old.issuers.iter().find(|o| {
-                    matches!(o.config.jwks, JwksSource::Url(_))
-                        && format!("{:?}", o.config) == format!("{ti:?}")
-                });
-                match reuse {
-                    Some(o) => Ok(o.clone()),
-                    None => TrustedIssuer::load(ti).map_err(BuildError::Config),
+    /// Puts a built state in force: key cells, signing keys, backend probe settings (and health
+    /// checkers for new backends), then the snapshot. Cannot fail.
+    pub fn publish(&self, built: Built) {
+        let Built {
+            snapshot,
+            state,
+            keys,
+            signing,
+            backends,
+            new_issuers,
+        } = built;
+        {
+            let mut ring = BTreeMap::new();
+            for (name, (cell, pair)) in keys {
+                if **cell.load() != pair {
+                    cell.store(Arc::new(pair));
                 }
-            })
-            .collect()
+                ring.insert(name, cell);
+            }
+            *self.keyring.lock().unwrap() = ring;
+        }
+        self.signer.publish(signing);
+        {
+            let mut registry = self.backends.lock().unwrap();
+            registry.retain(|_, w| w.strong_count() > 0);
+            for (b, probe, new) in &backends {
+                b.set_probe_settings(&probe.health, probe.protocol);
+                if *new {
+                    registry.insert(b.url.clone(), Arc::downgrade(b));
+                    health::spawn_checker(b);
+                }
+            }
+        }
+        for i in &new_issuers {
+            i.start_refresh();
+        }
+        *self.state.lock().unwrap() = state;
+        self.snapshot.store(Arc::new(snapshot));
     }
+
+    /// `regenerateKeys`: replaces one key of a key-mode service (with `value`, or a random key),
+    /// persists it, then puts it in force. On any error nothing changes.
+    pub async fn regenerate_key(
+        &self,
+        name: &str,
+        slot: KeySlot,
+        value: Option<Secret>,
+    ) -> Result<KeyPair, WriteError> {
+        let _w = self.writes.lock().await;
+        let cell = self.keyring.lock().unwrap().get(name).cloned();
+        let rec = self.record(name);
+        let (Some(cell), Some(rec)) = (cell, rec) else {
+            return Err(if self.record(name).is_some() {
+                WriteError::NotKeyMode(name.into())
+            } else {
+                WriteError::UnknownService(name.into())
+            });
+        };
+        let next_rec = crate::store::plan::regenerate(&rec, slot, value, SystemTime::now())
+            .map_err(WriteError::Invalid)?;
+        let mut next = self.state();
+        next.services.insert(name.into(), next_rec.clone());
+        self.store.commit(&next).await?;
+        let pair = KeyPair {
+            primary: next_rec
+                .primary_key
+                .clone()
+                .expect("a key-mode record has keys"),
+            secondary: next_rec
+                .secondary_key
+                .clone()
+                .expect("a key-mode record has keys"),
+        };
+        *self.state.lock().unwrap() = next;
+        cell.store(Arc::new(pair.clone()));
+        Ok(pair)
+    }
+}
+
+/// The trusted issuers for a config: JWKS files are read now (blocking; an error fails the
+/// build); a JWKS URL issuer whose settings did not change is carried over from `old` with its
+/// keys and refresh.
+pub fn load_issuers(
+    old: &[Arc<TrustedIssuer>],
+    config: &Config,
+) -> Result<Vec<Arc<TrustedIssuer>>, BuildError> {
+    config
+        .tokens
+        .trusted_issuers
+        .iter()
+        .enumerate()
+        .map(|(index, ti)| {
+            let reuse = old
+                .iter()
+                .find(|o| matches!(o.config.jwks, JwksSource::Url(_)) && o.config == *ti);
+            match reuse {
+                Some(o) => Ok(o.clone()),
+                None => TrustedIssuer::load(ti).map_err(|why| BuildError::Jwks {
+                    index,
+                    issuer: ti.issuer.clone(),
+                    why,
+                }),
+            }
+        })
+        .collect()
 }
 
 /// Sets the certificate-expiry gauges to exactly the served certificates.
@@ -275,23 +467,5 @@ pub fn publish_cert_metrics(metrics: &Metrics, store: &CertStore) {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         metrics.cert_expiry.with_label_values(&[&c.cname]).set(secs);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deny_wins_over_allow() {
-        let p = AddressPolicy {
-            allow: vec!["127.0.0.0/8".parse().unwrap()],
-            deny: vec!["127.0.0.3/32".parse().unwrap()],
-        };
-        assert!(p.admits("127.0.0.2".parse().unwrap()));
-        assert!(!p.admits("127.0.0.3".parse().unwrap()));
-        assert!(!p.admits("10.0.0.1".parse().unwrap()));
-        assert!(p.admits("::ffff:127.0.0.2".parse().unwrap()));
-        assert!(AddressPolicy::default().admits("10.0.0.1".parse().unwrap()));
     }
 }

@@ -7,29 +7,22 @@
 //!
 //! Crypto provider: aws-lc-rs, chosen by measurement (README, "Crypto provider").
 
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{CertificateConfig, TlsConfig};
+use crate::crypto::provider;
 
 /// Resumption cache entries (TLS 1.2 session ids / TLS 1.3 stateful fallback); tickets cover
 /// most clients statelessly. 4096 entries × ~200 B is under 1 MiB.
 const SESSION_CACHE_ENTRIES: usize = 4096;
-
-/// The one crypto provider of the process (rustls panics if two are compiled in and none is
-/// chosen explicitly, so every config is built with this one).
-pub fn provider() -> &'static Arc<CryptoProvider> {
-    static P: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    P.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-}
 
 /// One loaded certificate entry, ready to serve.
 #[derive(Debug)]
@@ -91,73 +84,150 @@ fn san_matches(names: &[String], cname: &str) -> bool {
         .any(|n| n.eq_ignore_ascii_case(cname) || wildcard_match(n, cname))
 }
 
+/// A certificate entry that cannot be served, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("tls.certificates[{index}] ({cname}): {problem}")]
+pub struct TlsError {
+    pub index: usize,
+    pub cname: String,
+    pub problem: CertProblem,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertProblem {
+    #[error("no [[tls.certificates]] entry")]
+    NoEntries,
+    #[error("cannot read certificate file {}: {source}", .path.display())]
+    ReadCert {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad PEM in certificate file {}: {why}", .path.display())]
+    BadPem { path: PathBuf, why: String },
+    #[error("certificate file {} holds no CERTIFICATE block (expected the full chain, leaf first)", .path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("cannot read key file {}: {source}", .path.display())]
+    ReadKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {} is encrypted: scoregate needs a password-free key (see README, 'Using a real certificate')", .path.display())]
+    EncryptedKey { path: PathBuf },
+    #[error("key file {} holds no usable private key (PKCS#8, PKCS#1 RSA or SEC1 EC PEM)", .path.display())]
+    NoKey { path: PathBuf },
+    #[error("key file {}: this kind of key is not supported ({why})", .path.display())]
+    UnsupportedKey { path: PathBuf, why: String },
+    #[error("key file {} does not match the certificate in {} (their public keys differ)", .key.display(), .cert.display())]
+    KeyMismatch { key: PathBuf, cert: PathBuf },
+    #[error("certificate {}: cannot parse the leaf: {why}", .path.display())]
+    BadLeaf { path: PathBuf, why: String },
+    #[error("cname {cname:?} is not among the certificate's subject alternative names {names:?} (is {} the right leaf, first in the file?)", .path.display())]
+    CnameNotInSans {
+        cname: String,
+        names: Vec<String>,
+        path: PathBuf,
+    },
+    #[error("certificate {} {what} (tls.strict = true)", .path.display())]
+    Validity { path: PathBuf, what: String },
+}
+
 /// Loads every certificate entry; any error fails the whole set (nothing half-loaded is served).
-pub fn load_all(tls: &TlsConfig) -> Result<CertStore, String> {
+/// Blocking (file reads): callers on the runtime use `spawn_blocking`.
+pub fn load_all(tls: &TlsConfig) -> Result<CertStore, TlsError> {
     if tls.certificates.is_empty() {
-        return Err("no certificates configured".into());
+        return Err(TlsError {
+            index: 0,
+            cname: String::new(),
+            problem: CertProblem::NoEntries,
+        });
     }
     let mut certs = Vec::with_capacity(tls.certificates.len());
-    for (i, entry) in tls.certificates.iter().enumerate() {
-        let c = load_one(entry, tls.strict)
-            .map_err(|e| format!("tls.certificates[{i}] ({}): {e}", entry.cname))?;
+    for (index, entry) in tls.certificates.iter().enumerate() {
+        let c = load_one(entry, tls.strict).map_err(|problem| TlsError {
+            index,
+            cname: entry.cname.clone(),
+            problem,
+        })?;
         certs.push(c);
     }
     Ok(CertStore { certs })
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let chain: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read certificate file {}: {e}", path.display()))?
+/// Every entry checked, each with its own verdict (for `scoregate check`, which reports all of
+/// them, not only the first failing one).
+pub fn check_each(tls: &TlsConfig) -> Vec<Result<LoadedCert, TlsError>> {
+    tls.certificates
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            load_one(entry, tls.strict).map_err(|problem| TlsError {
+                index,
+                cname: entry.cname.clone(),
+                problem,
+            })
+        })
+        .collect()
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertProblem> {
+    let bytes = crate::files::read_capped(path, crate::files::MAX_PEM_FILE).map_err(|source| {
+        CertProblem::ReadCert {
+            path: path.into(),
+            source,
+        }
+    })?;
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad PEM in certificate file {}: {e}", path.display()))?;
+        .map_err(|e| CertProblem::BadPem {
+            path: path.into(),
+            why: e.to_string(),
+        })?;
     if chain.is_empty() {
-        return Err(format!(
-            "certificate file {} holds no CERTIFICATE block (expected the full chain, leaf first)",
-            path.display()
-        ));
+        return Err(CertProblem::NoCertificate { path: path.into() });
     }
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertProblem> {
+    let text =
+        crate::files::read_text_capped(path, crate::files::MAX_PEM_FILE).map_err(|source| {
+            CertProblem::ReadKey {
+                path: path.into(),
+                source,
+            }
+        })?;
     if text.contains("ENCRYPTED") {
-        return Err(format!(
-            "key file {} is encrypted: scoregate needs a password-free key (see README, 'Using a real certificate')",
-            path.display()
-        ));
+        return Err(CertProblem::EncryptedKey { path: path.into() });
     }
-    PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| {
-        format!(
-            "key file {} holds no usable private key (PKCS#8, PKCS#1 RSA or SEC1 EC PEM): {e}",
-            path.display()
-        )
-    })
+    PrivateKeyDer::from_pem_slice(text.as_bytes())
+        .map_err(|_| CertProblem::NoKey { path: path.into() })
 }
 
-fn load_one(entry: &CertificateConfig, strict: bool) -> Result<LoadedCert, String> {
+fn load_one(entry: &CertificateConfig, strict: bool) -> Result<LoadedCert, CertProblem> {
     let chain = read_chain(&entry.cert)?;
     let key = read_key(&entry.key)?;
-    let signing_key = provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| format!("key file {}: unsupported key: {e}", entry.key.display()))?;
+    let signing_key =
+        provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| CertProblem::UnsupportedKey {
+                path: entry.key.clone(),
+                why: e.to_string(),
+            })?;
     let chain_len = chain.len();
     let certified = CertifiedKey::new(chain, signing_key);
-    certified.keys_match().map_err(|e| {
-        format!(
-            "key file {} does not match the certificate in {} ({e})",
-            entry.key.display(),
-            entry.cert.display()
-        )
-    })?;
+    certified
+        .keys_match()
+        .map_err(|_| CertProblem::KeyMismatch {
+            key: entry.key.clone(),
+            cert: entry.cert.clone(),
+        })?;
     let (_, leaf) =
         x509_parser::parse_x509_certificate(certified.cert[0].as_ref()).map_err(|e| {
-            format!(
-                "certificate {}: cannot parse the leaf: {e}",
-                entry.cert.display()
-            )
+            CertProblem::BadLeaf {
+                path: entry.cert.clone(),
+                why: e.to_string(),
+            }
         })?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = leaf.subject_alternative_name() {
@@ -181,12 +251,11 @@ fn load_one(entry: &CertificateConfig, strict: bool) -> Result<LoadedCert, Strin
         }
     }
     if !san_matches(&names, &entry.cname) {
-        return Err(format!(
-            "cname {:?} is not among the certificate's subject alternative names {:?} (is {} the right leaf, first in the file?)",
-            entry.cname,
+        return Err(CertProblem::CnameNotInSans {
+            cname: entry.cname.clone(),
             names,
-            entry.cert.display()
-        ));
+            path: entry.cert.clone(),
+        });
     }
     let ts = |t: i64| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
     let not_before = ts(leaf.validity().not_before.timestamp());
@@ -205,14 +274,14 @@ fn load_one(entry: &CertificateConfig, strict: bool) -> Result<LoadedCert, Strin
     } else {
         None
     };
-    if let Some(p) = problem {
+    if let Some(what) = problem {
         if strict {
-            return Err(format!(
-                "certificate {} {p} (tls.strict = true)",
-                entry.cert.display()
-            ));
+            return Err(CertProblem::Validity {
+                path: entry.cert.clone(),
+                what,
+            });
         }
-        tracing::warn!(cname = %entry.cname, file = %entry.cert.display(), "certificate {p}");
+        tracing::warn!(cname = %entry.cname, file = %entry.cert.display(), "certificate {what}");
     }
     Ok(LoadedCert {
         cname: entry.cname.clone(),

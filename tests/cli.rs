@@ -178,16 +178,16 @@ async fn keys_survive_a_restart_and_presets_apply() {
     let backend = Backend::start().await;
     let mut svc = service("iris", AuthMode::Key, &[backend.url()]);
     let preset = "preset-secondary-key-0123456789abcdef".to_string();
-    svc.secondary_key = Some(preset.clone());
+    svc.secondary_key = Some(scoregate::crypto::Secret::new(preset.clone()));
     let cfg = config(&pki, vec![svc]);
     let gw = Gw::start(cfg.clone()).await;
     let (primary, secondary) = gw.keys("iris");
     assert_eq!(secondary, preset);
-    let id = gw.server.gateway.keystore.record("iris").unwrap().id;
+    let id = gw.server.shared.record("iris").unwrap().id;
     gw.stop().await;
     let gw = Gw::start(cfg).await;
     assert_eq!(gw.keys("iris"), (primary.clone(), preset.clone()));
-    assert_eq!(gw.server.gateway.keystore.record("iris").unwrap().id, id);
+    assert_eq!(gw.server.shared.record("iris").unwrap().id, id);
     let mut c = pki.client().h1(gw.addr).await;
     assert_eq!(c.score("iris", &primary, "{}").await.status, 200);
     assert_eq!(c.score("iris", &preset, "{}").await.status, 200);
@@ -214,7 +214,7 @@ async fn admin_cli_lists_shows_and_rotates_keys_against_a_running_gateway() {
         vec![service("iris", AuthMode::Key, &[backend.url()])],
     ))
     .await;
-    let token_file = gw.server.gateway.snapshot().config.admin.token_file.clone();
+    let token_file = gw.server.shared.snapshot().config.admin.token_file.clone();
     let (old_primary, secondary) = gw.keys("iris");
 
     let (ok, out, err) = admin_cmd(&gw, &token_file, &["service", "list"]);

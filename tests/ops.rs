@@ -229,16 +229,18 @@ async fn metrics(gw: &Gw) -> Vec<Sample> {
 }
 
 /// The value of the sample `name` whose labels include all of `labels` (0 when absent).
+/// The sum over every series of `name` that carries all of `labels`.
 fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
-        .find(|s| {
+        .filter(|s| {
             s.name == name
                 && labels
                     .iter()
                     .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })
-        .map_or(0.0, |s| s.value)
+        .map(|s| s.value)
+        .sum()
 }
 
 // ---------------------------------------------------------------- load generation
@@ -637,7 +639,7 @@ async fn failed_reloads_keep_the_old_state_and_are_counted() {
     ] {
         assert!(changed.contains(c), "{c} in {changed}");
     }
-    let live = gw.server.gateway.snapshot();
+    let live = gw.server.shared.snapshot();
     assert_eq!(live.config.limits.max_in_flight, 77);
     assert_eq!(
         live.config.limits.idle_timeout,
@@ -1197,7 +1199,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         assert_eq!(v["client"], "127.0.0.1");
         assert_eq!(v["auth"], "key:primary", "{v}");
         assert_eq!(v["request_id"].as_str().unwrap().len(), 36, "{v}");
-        assert!(v["latency_ms"].as_f64().is_some(), "{v}");
+        assert!(v["latency_us"].as_u64().is_some(), "{v}");
         assert!(
             v["backend"]
                 .as_str()
@@ -1211,7 +1213,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     }
     let slow = access
         .iter()
-        .filter(|v| v["latency_ms"].as_f64().unwrap() >= 1900.0)
+        .filter(|v| v["latency_us"].as_u64().unwrap() >= 1_900_000)
         .count();
     assert_eq!(slow, 3, "the three drained requests were logged");
 }

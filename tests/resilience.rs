@@ -56,7 +56,7 @@ fn slow(delay: Duration) -> Reply {
 }
 
 fn svc(gw: &Gw, name: &str) -> Arc<Service> {
-    gw.server.gateway.snapshot().service(name).unwrap().clone()
+    gw.server.shared.snapshot().service(name).unwrap().clone()
 }
 
 fn gw_backend(gw: &Gw, name: &str, addr: SocketAddr) -> Arc<GwBackend> {
@@ -315,12 +315,12 @@ async fn a_new_limit_applies_with_the_next_snapshot_and_counts_requests_already_
     let cfg = config(&pki, vec![limited("iris", &[backend.url()], 1, wait)]);
     let gw = Gw::start(cfg.clone()).await;
     let client = pki.client();
-    let gateway = gw.server.gateway.clone();
+    let gateway = gw.server.shared.clone();
     let republish = |limit: usize| {
         let mut c = cfg.clone();
         c.services[0].max_concurrent_requests_per_backend = limit;
-        let keys = gateway.keystore.reconcile(&c).unwrap();
-        gateway.publish(gateway.build_snapshot(c, &keys).unwrap());
+        let issuers = gateway.snapshot().issuers.clone();
+        gateway.publish(gateway.build(c, gateway.state(), issuers).unwrap());
     };
 
     let first = spawn_score(&client, gw.addr, "iris");

@@ -12,7 +12,6 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use scoregate::certgen::LeafOptions;
 use scoregate::config::{AuthMode, CertificateConfig, Config};
-use scoregate::state::Gateway;
 
 /// Accepts any certificate, so a test can look at what the server presents for any name.
 #[derive(Debug)]
@@ -46,19 +45,20 @@ impl ServerCertVerifier for AcceptAny {
         Ok(HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        scoregate::tls::provider()
+        scoregate::crypto::provider()
             .signature_verification_algorithms
             .supported_schemes()
     }
 }
 
 async fn serial_for(addr: std::net::SocketAddr, sni: Option<&str>) -> String {
-    let mut cfg = rustls::ClientConfig::builder_with_provider(scoregate::tls::provider().clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
-        .with_no_client_auth();
+    let mut cfg =
+        rustls::ClientConfig::builder_with_provider(scoregate::crypto::provider().clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny))
+            .with_no_client_auth();
     cfg.enable_sni = sni.is_some();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from(sni.unwrap_or("localhost").to_string()).unwrap();
@@ -188,7 +188,7 @@ fn p(path: &Path) -> &str {
 }
 
 fn load_error(c: Config) -> String {
-    match Gateway::new(c) {
+    match scoregate::tls::load_all(&c.tls) {
         Ok(_) => panic!("expected the certificate to be refused"),
         Err(e) => e.to_string(),
     }
@@ -285,7 +285,7 @@ fn expired_or_future_leaf_warns_or_fails_when_strict() {
         let (e, _) = pki.cert("localhost", &["localhost"], &opts);
         let mut c = base_config(&pki, vec![e]);
         assert!(
-            Gateway::new(c.clone()).is_ok(),
+            scoregate::tls::load_all(&c.tls).is_ok(),
             "not strict: a warning only"
         );
         c.tls.strict = true;

@@ -42,10 +42,9 @@ async fn get_token(gw: &Gw, service: &str) -> Value {
 /// The gateway's current signing key, read from its state dir, to forge tokens that are signed
 /// correctly but wrong in one claim.
 fn own_key(gw: &Gw) -> (String, String, String, String) {
-    let dir = gw.server.gateway.snapshot().config.state_dir.clone();
-    let v: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("token-keys.json")).unwrap()).unwrap();
-    let k = v["keys"].as_array().unwrap().last().unwrap();
+    let dir = gw.server.shared.snapshot().config.state_dir.clone();
+    let v: Value = serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    let k = v["signingKeys"].as_array().unwrap().last().unwrap();
     (
         k["kid"].as_str().unwrap().into(),
         k["alg"].as_str().unwrap().into(),
@@ -515,7 +514,7 @@ async fn admin_api_needs_the_admin_token() {
     assert_eq!(admin(&gw, "GET", "/readyz", None, "").await.status, 200);
     // The token file is 0600.
     use std::os::unix::fs::PermissionsExt;
-    let tf = gw.server.gateway.snapshot().config.admin.token_file.clone();
+    let tf = gw.server.shared.snapshot().config.admin.token_file.clone();
     assert_eq!(
         std::fs::metadata(&tf).unwrap().permissions().mode() & 0o777,
         0o600
@@ -617,7 +616,7 @@ async fn a_failed_key_store_write_answers_500_and_keeps_the_old_keys() {
     let at = gw.admin_token();
     let (primary, secondary) = gw.keys("iris");
     // Take the state dir away (root ignores permissions, so remove it instead).
-    let state = gw.server.gateway.snapshot().config.state_dir.clone();
+    let state = gw.server.shared.snapshot().config.state_dir.clone();
     std::fs::remove_dir_all(&state).unwrap();
     let r = admin(
         &gw,
@@ -648,7 +647,7 @@ async fn token_cli_prints_the_response_or_the_bare_jwt() {
         vec![service("iris", AuthMode::Token, &[backend.url()])],
     ))
     .await;
-    let tf = gw.server.gateway.snapshot().config.admin.token_file.clone();
+    let tf = gw.server.shared.snapshot().config.admin.token_file.clone();
     let run = |extra: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_scoregate"))
             .args(["token", "iris"])

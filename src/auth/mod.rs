@@ -1,14 +1,16 @@
 //! Authentication of scoring requests: `Authorization: Bearer <credential>`, checked against the
 //! service's auth mode. Keys (`keys`) and tokens (`tokens`) are never both on for one service.
 
+pub mod issuers;
 pub mod keys;
+pub mod signer;
 pub mod tokens;
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
 use crate::error::{AuthFailure, GatewayError};
-use keys::{KeyType, SharedKeys};
+use keys::{KeySlot, SharedKeys};
 
 /// How one service authenticates, resolved when the snapshot is built.
 pub enum ServiceAuth {
@@ -23,7 +25,7 @@ pub enum AuthOutcome {
     /// Not checked yet (the request was refused before authentication).
     Unchecked,
     Anonymous,
-    Key(KeyType),
+    Key(KeySlot),
     Token,
     Failed(AuthFailure),
 }
@@ -33,8 +35,8 @@ impl AuthOutcome {
         match self {
             AuthOutcome::Unchecked => "-",
             AuthOutcome::Anonymous => "none",
-            AuthOutcome::Key(KeyType::Primary) => "key:primary",
-            AuthOutcome::Key(KeyType::Secondary) => "key:secondary",
+            AuthOutcome::Key(KeySlot::Primary) => "key:primary",
+            AuthOutcome::Key(KeySlot::Secondary) => "key:secondary",
             AuthOutcome::Token => "token",
             AuthOutcome::Failed(f) => f.as_str(),
         }

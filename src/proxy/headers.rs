@@ -53,10 +53,21 @@ pub fn valid_client_request_id(v: &HeaderValue) -> bool {
             .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
 }
 
-/// Who the request came from, as the forwarded headers should tell it.
+/// A `Host` worth passing on as `X-Forwarded-Host`: `host[:port]`, with no user info and
+/// nothing a URI authority cannot hold.
+pub fn valid_host(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && !b.contains(&b'@')
+        && http::uri::Authority::try_from(b).is_ok_and(|a| !a.host().is_empty())
+}
+
+/// Who the request came from, as the forwarded headers should tell it (`client::ClientIdentity`
+/// decides both fields).
 pub struct ForwardedFor<'a> {
-    pub client_ip: IpAddr,
-    /// The peer is a configured trusted proxy: keep its `X-Forwarded-*` and append to them.
+    /// The address this hop appends to `X-Forwarded-For`: whoever connected to the gateway.
+    pub hop: IpAddr,
+    /// The peer is a trusted HTTP proxy: keep its `X-Forwarded-*` and append to them.
     pub trusted_peer: bool,
     /// What the client asked for (`Host` on HTTP/1.1, `:authority` on HTTP/2).
     pub host: Option<&'a HeaderValue>,
@@ -70,8 +81,7 @@ pub fn rewrite_request(h: &mut HeaderMap, fwd: &ForwardedFor<'_>, request_id: &H
     h.remove(header::AUTHORIZATION);
     let host = fwd.host.cloned().or_else(|| h.get(header::HOST).cloned());
     h.remove(header::HOST);
-    let ip =
-        HeaderValue::from_str(&fwd.client_ip.to_string()).expect("an IP is a valid header value");
+    let ip = HeaderValue::from_str(&fwd.hop.to_string()).expect("an IP is a valid header value");
     let xff = if fwd.trusted_peer {
         match h.get(&X_FORWARDED_FOR) {
             Some(prev) => {
@@ -93,7 +103,7 @@ pub fn rewrite_request(h: &mut HeaderMap, fwd: &ForwardedFor<'_>, request_id: &H
         h.insert(X_FORWARDED_PROTO, HTTPS);
     }
     if !(fwd.trusted_peer && h.contains_key(&X_FORWARDED_HOST)) {
-        match host {
+        match host.filter(valid_host) {
             Some(host) => {
                 h.insert(X_FORWARDED_HOST, host);
             }
@@ -159,7 +169,7 @@ mod tests {
         ]);
         let rid = HeaderValue::from_static("11111111-2222-3333-4444-555555555555");
         let fwd = ForwardedFor {
-            client_ip: "10.1.2.3".parse().unwrap(),
+            hop: "10.1.2.3".parse().unwrap(),
             trusted_peer: false,
             host: None,
         };
@@ -192,12 +202,34 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let fwd = ForwardedFor {
-            client_ip: "10.0.0.5".parse().unwrap(),
+            hop: "10.0.0.5".parse().unwrap(),
             trusted_peer: true,
             host: None,
         };
         rewrite_request(&mut h, &fwd, &HeaderValue::from_static("r"));
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.5");
+    }
+
+    #[test]
+    fn forwarded_host_never_carries_user_info_or_junk() {
+        for (host, kept) in [
+            ("scoring.example.com", true),
+            ("scoring.example.com:8443", true),
+            ("[::1]:8443", true),
+            ("user:pw@scoring.example.com", false),
+            ("a b", false),
+            ("", false),
+        ] {
+            let mut h = HeaderMap::new();
+            let v = HeaderValue::from_str(host).unwrap();
+            let fwd = ForwardedFor {
+                hop: "10.0.0.5".parse().unwrap(),
+                trusted_peer: false,
+                host: Some(&v),
+            };
+            rewrite_request(&mut h, &fwd, &HeaderValue::from_static("r"));
+            assert_eq!(h.contains_key("x-forwarded-host"), kept, "{host}");
+        }
     }
 
     #[test]

@@ -109,7 +109,7 @@ async fn probe(
     let resp =
         match tokio::time::timeout_at(deadline, pool.send(settings.protocol, path, req)).await {
             Err(_) => return Err(format!("no answer within {}", fmt(timeout))),
-            Ok(Err(e)) => return Err(super::DisplayChain(&e).to_string()),
+            Ok(Err(e)) => return Err(crate::error::DisplayChain(&e).to_string()),
             Ok(Ok(r)) => r,
         };
     let status = resp.status();

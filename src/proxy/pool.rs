@@ -37,7 +37,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::upstream::UpstreamBody;
+use super::body::UpstreamBody;
 use crate::config::BackendProtocol;
 
 /// Connecting to a backend on the same network takes well under a second; a SYN that gets no

@@ -34,15 +34,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{Either, Empty};
 use tokio::sync::Notify;
 
 use super::pool::Pool;
 use crate::config::{BackendProtocol, HealthConfig};
-
-/// What the gateway sends upstream: the client's body (length-limited), or nothing (probes).
-pub type UpstreamBody = Either<super::ReclaimableBody, Empty<Bytes>>;
 
 /// Requests that may wait per concurrency slot of a service (limit × backends): a slot serves
 /// several queued requests within one `max_request_wait_time` when scoring takes a fraction of
@@ -295,8 +290,9 @@ impl Upstream {
 
     /// The backend a new request should go to, ignoring concurrency limits: least outstanding
     /// requests among two candidates (power of two choices) over available backends. `skip`
-    /// excludes one (the one a connect just failed on).
-    pub fn pick(&self, skip: Option<&Arc<Backend>>) -> Option<&Arc<Backend>> {
+    /// excludes one (the one a connect just failed on). For tests of the choice.
+    #[cfg(test)]
+    fn pick(&self, skip: Option<&Arc<Backend>>) -> Option<&Arc<Backend>> {
         self.choose(skip, 0)
     }
 

@@ -349,12 +349,15 @@ impl Gw {
     }
 
     pub fn keys(&self, service: &str) -> (String, String) {
-        let k = self.server.gateway.keystore.keys(service).unwrap();
-        (k.primary, k.secondary)
+        let k = self.server.shared.keys(service).unwrap();
+        (
+            k.primary.expose().to_string(),
+            k.secondary.expose().to_string(),
+        )
     }
 
     pub fn admin_token(&self) -> String {
-        let p = &self.server.gateway.snapshot().config.admin.token_file;
+        let p = &self.server.shared.snapshot().config.admin.token_file;
         std::fs::read_to_string(p).unwrap().trim().to_string()
     }
 
@@ -387,11 +390,12 @@ impl TlsClient {
         alpn: &[&[u8]],
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> rustls::ClientConfig {
-        let mut c = rustls::ClientConfig::builder_with_provider(scoregate::tls::provider().clone())
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(self.roots.clone())
-            .with_no_client_auth();
+        let mut c =
+            rustls::ClientConfig::builder_with_provider(scoregate::crypto::provider().clone())
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(self.roots.clone())
+                .with_no_client_auth();
         c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         c
     }

@@ -1,7 +1,7 @@
-//! `scoregate serve`: run until SIGTERM/SIGINT, reloading on SIGHUP and (in watch mode) when a
-//! watched file changes.
+//! Watch mode (`[server] watch = true`): a reload whenever the config, a certificate or key, or a
+//! JWKS file changes.
 //!
-//! Watch mode polls instead of using inotify: it costs a few `stat` calls per period, needs no
+//! It polls instead of using inotify: it costs a few `stat` calls per period, needs no
 //! extra dependency, and sees through symlinks. A Kubernetes Secret or ConfigMap volume updates by
 //! writing a new `..2026_...` directory and atomically renaming a fresh `..data` symlink over the
 //! old one, so `tls.crt -> ..data/tls.crt` keeps its path while what it reaches (inode, mtime)
@@ -11,8 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::config::Config;
-use crate::state::Gateway;
+use crate::state::Shared;
 
 /// How often watch mode looks at the files.
 const WATCH_PERIOD: Duration = Duration::from_millis(500);
@@ -20,29 +19,9 @@ const WATCH_PERIOD: Duration = Duration::from_millis(500);
 /// several files in a burst).
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(1000);
 
-pub async fn run(_path: PathBuf, config: Config) -> anyhow::Result<()> {
-    let mut signals = crate::signals::Signals::install()?;
-    let server = crate::server::start(config).await?;
-    let gw = server.gateway.clone();
-    if let Some(mut hup) = signals.hangup.take() {
-        let g = gw.clone();
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading");
-                let _ = crate::reload::reload(&g).await;
-            }
-        });
-    }
-    signals.wait_for_stop().await;
-    // Read now, not at start: a reload may have changed it.
-    let drain = gw.snapshot().config.server.drain_timeout;
-    server.shutdown(drain).await;
-    Ok(())
-}
-
 /// Starts watch mode (`[server] watch = true`); the server stops it on shutdown.
-pub(crate) fn spawn_watcher(gw: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(watch_files(gw))
+pub fn spawn(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(watch_files(shared))
 }
 
 /// A file as reached through any symlinks: (mtime, inode, size), or `None` when unreadable.
@@ -64,7 +43,15 @@ fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
         .collect()
 }
 
-fn watched_paths(gw: &Gateway) -> Vec<PathBuf> {
+/// `fingerprint` off the runtime: a `stat` on a hung network filesystem must not stall requests.
+async fn fingerprint_off_runtime(paths: &[PathBuf]) -> Fingerprint {
+    let paths = paths.to_vec();
+    tokio::task::spawn_blocking(move || fingerprint(&paths))
+        .await
+        .unwrap_or_default()
+}
+
+fn watched_paths(gw: &Shared) -> Vec<PathBuf> {
     let snap = gw.snapshot();
     let mut v: Vec<PathBuf> = gw.config_path.iter().cloned().collect();
     for c in &snap.config.tls.certificates {
@@ -81,12 +68,12 @@ fn watched_paths(gw: &Gateway) -> Vec<PathBuf> {
 
 /// Polls the config, certificate, key and JWKS files; reloads after a debounced change. A failed
 /// reload keeps the old state (as for SIGHUP) and is not retried until the files change again.
-async fn watch_files(gw: Arc<Gateway>) {
+async fn watch_files(gw: Arc<Shared>) {
     let mut paths = watched_paths(&gw);
-    let mut last = fingerprint(&paths);
+    let mut last = fingerprint_off_runtime(&paths).await;
     loop {
         tokio::time::sleep(WATCH_PERIOD).await;
-        let now = fingerprint(&paths);
+        let now = fingerprint_off_runtime(&paths).await;
         if now == last {
             continue;
         }
@@ -94,7 +81,7 @@ async fn watch_files(gw: Arc<Gateway>) {
         let mut settled = now;
         loop {
             tokio::time::sleep(WATCH_DEBOUNCE).await;
-            let again = fingerprint(&paths);
+            let again = fingerprint_off_runtime(&paths).await;
             if again == settled {
                 break;
             }
@@ -103,6 +90,6 @@ async fn watch_files(gw: Arc<Gateway>) {
         tracing::info!("watched file changed: reloading");
         let _ = crate::reload::reload(&gw).await;
         paths = watched_paths(&gw);
-        last = fingerprint(&paths);
+        last = fingerprint_off_runtime(&paths).await;
     }
 }

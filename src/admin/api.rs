@@ -1,0 +1,263 @@
+//! The admin API's routes (contract §2). Every error is an `AdminError`, answered in the
+//! contract's JSON shape.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::auth::keys::{KeyPair, KeySlot};
+use crate::config::AuthMode;
+use crate::crypto::Secret;
+use crate::error::AdminError;
+use crate::state::{Shared, Snapshot, WriteError};
+
+/// Admin request bodies are small JSON documents.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+type AdminResponse = Response<Full<Bytes>>;
+
+fn json(status: StatusCode, v: &Value) -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn authorized(token: &str, req: &Request<Incoming>) -> bool {
+    crate::auth::bearer(req.headers()).is_ok_and(|cred| bool::from(cred.ct_eq(token.as_bytes())))
+}
+
+pub async fn route(shared: &Arc<Shared>, token: &str, req: Request<Incoming>) -> AdminResponse {
+    match api(shared, token, req).await {
+        Ok(r) => r,
+        Err(e) => e.to_response(),
+    }
+}
+
+async fn api(
+    shared: &Arc<Shared>,
+    token: &str,
+    req: Request<Incoming>,
+) -> Result<AdminResponse, AdminError> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return Ok(text(StatusCode::OK, "text/plain", "ok\n".into())),
+        (&Method::GET, "/readyz") => {
+            return Ok(if shared.ready.load(Ordering::SeqCst) {
+                text(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
+            });
+        }
+        (&Method::GET, "/metrics") => {
+            return Ok(text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                shared.metrics.render(),
+            ));
+        }
+        _ => {}
+    }
+    if !path.starts_with("/v1/") {
+        return Err(AdminError::not_found());
+    }
+    if !authorized(token, &req) {
+        return Err(AdminError::unauthorized());
+    }
+    let body = Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|_| AdminError::bad_request("Request body unreadable or too large."))?
+        .to_bytes();
+    let snap = shared.snapshot();
+    let segs: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    match (&method, segs.as_slice()) {
+        (&Method::GET, ["services"]) => {
+            let mut names: Vec<&String> = snap.services.keys().collect();
+            names.sort();
+            let list: Vec<Value> = names
+                .iter()
+                .filter_map(|n| service_json(shared, &snap, n))
+                .collect();
+            Ok(json(StatusCode::OK, &Value::Array(list)))
+        }
+        (&Method::GET, ["services", name]) => service_json(shared, &snap, name)
+            .map(|v| json(StatusCode::OK, &v))
+            .ok_or_else(|| AdminError::unknown_service(name)),
+        (&Method::POST, ["services", name, "listKeys"]) => shared
+            .keys(name)
+            .map(|k| json(StatusCode::OK, &keys_json(&k)))
+            .map_err(write_error),
+        (&Method::POST, ["services", name, "regenerateKeys"]) => {
+            regenerate(shared, name, &body).await
+        }
+        (&Method::POST, ["services", name, "token"]) => issue_token(shared, &snap, name),
+        (&Method::POST, ["reload"]) => match crate::reload::reload(shared).await {
+            Ok(report) => Ok(json(StatusCode::OK, &serde_json::to_value(report).unwrap())),
+            Err(e) if e.is_invalid_input() => Err(AdminError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidConfig",
+                e.to_string(),
+            )),
+            Err(e) => Err(AdminError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ReloadFailed",
+                e.to_string(),
+            )),
+        },
+        (
+            _,
+            ["services"]
+            | ["services", _]
+            | ["services", _, "listKeys" | "regenerateKeys" | "token"]
+            | ["reload"],
+        ) => Err(AdminError::method_not_allowed()),
+        _ => Err(AdminError::not_found()),
+    }
+}
+
+fn keys_json(k: &KeyPair) -> Value {
+    json!({"primaryKey": k.primary.expose(), "secondaryKey": k.secondary.expose()})
+}
+
+fn write_error(e: WriteError) -> AdminError {
+    match e {
+        WriteError::UnknownService(n) => AdminError::unknown_service(&n),
+        WriteError::NotKeyMode(n) => {
+            AdminError::bad_request(format!("Service '{n}' is not in key mode."))
+        }
+        WriteError::Invalid(why) => AdminError::bad_request(why),
+        WriteError::Store(e) => {
+            tracing::error!(error = %e, "state store write failed; the old keys stay in force");
+            AdminError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "KeyStoreWriteFailed",
+                "Could not write the key store; the old keys stay in force.",
+            )
+        }
+    }
+}
+
+fn issue_token(shared: &Shared, snap: &Snapshot, name: &str) -> Result<AdminResponse, AdminError> {
+    let svc = snap
+        .service(name)
+        .ok_or_else(|| AdminError::unknown_service(name))?;
+    if svc.config.auth != AuthMode::Token {
+        return Err(AdminError::bad_request(format!(
+            "Service '{name}' is not in token mode."
+        )));
+    }
+    let t = &snap.config.tokens;
+    match shared.signer.issue(name, None, t.lifetime, t.refresh_after) {
+        Ok(resp) => Ok(json(StatusCode::OK, &serde_json::to_value(resp).unwrap())),
+        Err(e) => {
+            tracing::error!(error = %e, "token signing failed");
+            Err(AdminError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "TokenIssueFailed",
+                "Could not sign a token.",
+            ))
+        }
+    }
+}
+
+async fn regenerate(shared: &Shared, name: &str, body: &[u8]) -> Result<AdminResponse, AdminError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Req {
+        key_type: String,
+        key_value: Option<String>,
+    }
+    let req: Req = serde_json::from_slice(body).map_err(|e| {
+        AdminError::bad_request(format!(
+            "Expected {{\"keyType\": \"Primary\"|\"Secondary\", \"keyValue\": optional}}: {e}"
+        ))
+    })?;
+    let slot = match req.key_type.as_str() {
+        "Primary" => KeySlot::Primary,
+        "Secondary" => KeySlot::Secondary,
+        other => {
+            return Err(AdminError::bad_request(format!(
+                "keyType must be \"Primary\" or \"Secondary\", not {other:?}."
+            )));
+        }
+    };
+    if let Some(v) = &req.key_value {
+        crate::config::validate_key_value(v).map_err(AdminError::bad_request)?;
+    }
+    let pair = shared
+        .regenerate_key(name, slot, req.key_value.map(Secret::new))
+        .await
+        .map_err(write_error)?;
+    tracing::info!(service = name, key = slot.as_str(), "key regenerated");
+    Ok(json(StatusCode::OK, &keys_json(&pair)))
+}
+
+/// The service shape of `GET /v1/services/NAME`.
+pub fn service_json(shared: &Shared, snap: &Snapshot, name: &str) -> Option<Value> {
+    let svc = snap.service(name)?;
+    let rec = shared.record(name)?;
+    let base = scoring_base(shared, snap);
+    let state = if svc.upstream.any_healthy() {
+        "Succeeded"
+    } else {
+        "Unhealthy"
+    };
+    Some(json!({
+        "id": rec.id,
+        "name": name,
+        "state": state,
+        "authMode": svc.config.auth.as_str(),
+        "createdAt": rec.created_at,
+        "updatedAt": rec.updated_at,
+        "scoringUri": format!("{base}/api/v1/service/{name}/score"),
+        "swaggerUri": format!("{base}/api/v1/service/{name}/swagger.json"),
+    }))
+}
+
+/// `https://<CNAME>[:port]`, or `listen.public_url` when set.
+pub fn scoring_base(shared: &Shared, snap: &Snapshot) -> String {
+    let c = &snap.config;
+    if let Some(u) = &c.listen.public_url {
+        return u.clone();
+    }
+    let cname = c
+        .tls
+        .certificates
+        .first()
+        .map_or("localhost", |x| x.cname.as_str());
+    let port = shared
+        .bound
+        .get()
+        .and_then(|b| b.first())
+        .or(c.listen.addresses.first())
+        .map(|a| a.port());
+    match port {
+        Some(443) | None => format!("https://{cname}"),
+        Some(p) => format!("https://{cname}:{p}"),
+    }
+}

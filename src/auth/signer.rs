@@ -1,0 +1,186 @@
+//! The tokens scoregate issues: signing with the current key, and the set of public keys that
+//! verify them. The set is built from the store's signing-key records (`SigningSet::build`,
+//! which fails on a record that does not decode, before anything is published) and swapped in
+//! whole (`Signer::publish`), so a new key from a reload, or from another replica through the
+//! shared store, verifies at once without rebuilding any snapshot.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+
+use crate::store::SigningKeyRecord;
+
+/// `iss` of the tokens scoregate issues.
+pub const OWN_ISSUER: &str = "scoregate";
+
+/// A key that verifies scoregate's own tokens.
+#[derive(Clone)]
+pub struct VerifyKey {
+    pub alg: Algorithm,
+    pub key: DecodingKey,
+}
+
+struct SignKey {
+    kid: String,
+    alg: Algorithm,
+    key: EncodingKey,
+}
+
+/// The decoded signing keys: the one that signs, and every one that verifies, by `kid`.
+pub struct SigningSet {
+    signing: Option<SignKey>,
+    verify: HashMap<String, VerifyKey>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("token signing key {kid}: {why}")]
+pub struct SignerError {
+    pub kid: String,
+    pub why: String,
+}
+
+fn algorithm(alg: &str) -> Option<Algorithm> {
+    match alg {
+        "ES256" => Some(Algorithm::ES256),
+        "RS256" => Some(Algorithm::RS256),
+        "HS256" => Some(Algorithm::HS256),
+        _ => None,
+    }
+}
+
+impl SigningSet {
+    /// Decodes every record; the newest one not retired signs.
+    pub fn build(records: &[SigningKeyRecord]) -> Result<SigningSet, SignerError> {
+        let mut verify = HashMap::with_capacity(records.len());
+        let mut signing = None;
+        for r in records {
+            let fail = |why: String| SignerError {
+                kid: r.kid.clone(),
+                why,
+            };
+            let alg =
+                algorithm(&r.alg).ok_or_else(|| fail(format!("unknown algorithm {}", r.alg)))?;
+            let (dec, enc) = match alg {
+                Algorithm::ES256 => (
+                    DecodingKey::from_ec_pem(r.public.as_bytes()),
+                    EncodingKey::from_ec_pem(r.private.expose().as_bytes()),
+                ),
+                Algorithm::RS256 => (
+                    DecodingKey::from_rsa_pem(r.public.as_bytes()),
+                    EncodingKey::from_rsa_pem(r.private.expose().as_bytes()),
+                ),
+                _ => {
+                    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(r.private.expose())
+                        .map_err(|e| fail(e.to_string()))?;
+                    (
+                        Ok(DecodingKey::from_secret(&secret)),
+                        Ok(EncodingKey::from_secret(&secret)),
+                    )
+                }
+            };
+            let dec = dec.map_err(|e| fail(e.to_string()))?;
+            verify.insert(r.kid.clone(), VerifyKey { alg, key: dec });
+            if r.retired.is_none() {
+                signing = Some(SignKey {
+                    kid: r.kid.clone(),
+                    alg,
+                    key: enc.map_err(|e| fail(e.to_string()))?,
+                });
+            }
+        }
+        Ok(SigningSet { signing, verify })
+    }
+
+    pub fn verify_key(&self, kid: &str) -> Option<&VerifyKey> {
+        self.verify.get(kid)
+    }
+
+    pub fn signing_kid(&self) -> Option<&str> {
+        self.signing.as_ref().map(|k| k.kid.as_str())
+    }
+}
+
+/// The admin API's token answer (contract §2).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expiry_on: u64,
+    pub refresh_after: u64,
+}
+
+/// The claims of the tokens scoregate issues: `aud` names the service, `sub` the caller (a
+/// subject given to the token endpoint, else a random UUID), `jti` this token.
+#[derive(Serialize, Deserialize)]
+struct OwnClaims {
+    iss: String,
+    aud: String,
+    sub: String,
+    jti: String,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+}
+
+/// The signing keys in force, shared by every snapshot.
+pub struct Signer {
+    set: ArcSwap<SigningSet>,
+}
+
+impl Signer {
+    pub fn new(set: SigningSet) -> Signer {
+        Signer {
+            set: ArcSwap::from_pointee(set),
+        }
+    }
+
+    /// Puts a new set in force (reload, or a store change).
+    pub fn publish(&self, set: SigningSet) {
+        self.set.store(std::sync::Arc::new(set));
+    }
+
+    /// The set in force, for verification.
+    pub fn current(&self) -> arc_swap::Guard<std::sync::Arc<SigningSet>> {
+        self.set.load()
+    }
+
+    /// Issues a token for `service`.
+    pub fn issue(
+        &self,
+        service: &str,
+        subject: Option<&str>,
+        lifetime: Duration,
+        refresh_after: Duration,
+    ) -> Result<TokenResponse, String> {
+        let set = self.set.load();
+        let key = set.signing.as_ref().ok_or("no signing key in force")?;
+        let mut header = Header::new(key.alg);
+        header.kid = Some(key.kid.clone());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims = OwnClaims {
+            iss: OWN_ISSUER.into(),
+            aud: service.into(),
+            sub: subject.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string),
+            jti: uuid::Uuid::new_v4().to_string(),
+            iat: now,
+            nbf: now,
+            exp: now + lifetime.as_secs(),
+        };
+        let token = jsonwebtoken::encode(&header, &claims, &key.key).map_err(|e| e.to_string())?;
+        Ok(TokenResponse {
+            access_token: token,
+            token_type: "Bearer",
+            expiry_on: claims.exp,
+            refresh_after: now + refresh_after.as_secs(),
+        })
+    }
+}

@@ -1,0 +1,149 @@
+use super::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[test]
+fn backend_urls_with_user_info_are_refused() {
+    let e = parse_backend("http://user:secret@10.0.0.5:5001").unwrap_err();
+    assert!(e.contains("user info"), "{e}");
+    assert!(parse_backend("http://10.0.0.5:5001").is_ok());
+}
+
+const MINIMAL: &str = r#"
+[[tls.certificates]]
+cname = "scoring.example.com"
+cert = "certs/fullchain.pem"
+key = "certs/key.pem"
+
+[[service]]
+name = "iris"
+backends = ["http://127.0.0.1:5001"]
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/scoregate/scoregate.toml"))
+}
+
+fn problems(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(
+        c.listen.addresses,
+        vec!["0.0.0.0:8443".parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(
+        c.admin.address,
+        "127.0.0.1:9090".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        c.tls.certificates[0].cert,
+        Path::new("/etc/scoregate/certs/fullchain.pem")
+    );
+    assert_eq!(c.state_dir, Path::new("/etc/scoregate/../state"));
+    let s = &c.services[0];
+    assert_eq!(s.auth, AuthMode::Key);
+    assert_eq!(s.score_path, "/score");
+    assert_eq!(s.scoring_timeout, Duration::from_secs(60));
+    assert_eq!(s.max_body, 100 * 1024 * 1024);
+    assert_eq!(s.max_request_wait_time, Duration::from_millis(500));
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_the_key() {
+    let e = problems(&format!("{MINIMAL}\n[limits]\nmax_conections = 5\n"));
+    assert!(e.contains("max_conections"), "{e}");
+    assert!(e.contains("/etc/scoregate/scoregate.toml"), "{e}");
+    let e = problems(&MINIMAL.replace("name = \"iris\"", "name = \"iris\"\nbackend = \"x\""));
+    assert!(e.contains("unknown field") && e.contains("backend"), "{e}");
+}
+
+#[test]
+fn bad_values_name_key_and_reason() {
+    let cases = [
+        ("name = \"iris\"", "name = \"Iris\"", "service[0].name"),
+        ("name = \"iris\"", "name = \"ab\"", "service[0].name"),
+        ("name = \"iris\"", "name = \"iris-\"", "service[0].name"),
+        (
+            "name = \"iris\"",
+            "name = \"iris\"\nauth = \"both\"",
+            "service[0].auth",
+        ),
+        (
+            "name = \"iris\"",
+            "name = \"iris\"\nscoring_timeout = \"soon\"",
+            "service[0].scoring_timeout",
+        ),
+        (
+            "name = \"iris\"",
+            "name = \"iris\"\nmax_body = \"lots\"",
+            "service[0].max_body",
+        ),
+        (
+            "name = \"iris\"",
+            "name = \"iris\"\nallow = [\"10.0.0.0/33\"]",
+            "service[0].allow[0]",
+        ),
+        (
+            "name = \"iris\"",
+            "name = \"iris\"\nprimary_key = \"short\"",
+            "service[0].primary_key",
+        ),
+        (
+            "name = \"iris\"",
+            "name = \"iris\"\nauth = \"token\"\nprimary_key = \"0123456789012345678901234567890123\"",
+            "service[0].primary_key",
+        ),
+        (
+            "\"http://127.0.0.1:5001\"",
+            "\"ftp://x\"",
+            "service[0].backends[0]",
+        ),
+        (
+            "\"http://127.0.0.1:5001\"",
+            "\"http://x:1/score\"",
+            "service[0].backends[0]",
+        ),
+    ];
+    for (from, to, key) in cases {
+        let e = problems(&MINIMAL.replace(from, to));
+        assert!(e.contains(key), "expected {key} in: {e}");
+    }
+}
+
+#[test]
+fn duplicate_services_and_missing_certs_are_errors() {
+    let text = format!(
+        "{MINIMAL}\n[[service]]\nname = \"iris\"\nbackends = [\"http://127.0.0.1:5002\"]\n"
+    );
+    assert!(problems(&text).contains("defined twice"));
+    let no_certs = MINIMAL.replace("[[tls.certificates]]", "[tlsx]");
+    assert!(parse(&no_certs).is_err());
+}
+
+#[test]
+fn listen_takes_one_address_or_a_list() {
+    let text = format!("[listen]\naddress = [\"127.0.0.1:1\", \"[::1]:2\"]\n{MINIMAL}");
+    assert_eq!(parse(&text).unwrap().listen.addresses.len(), 2);
+    let text = format!("[listen]\naddress = \"localhost:1\"\n{MINIMAL}");
+    assert!(problems(&text).contains("listen.address[0]"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = MINIMAL.replace(
+        "name = \"iris\"",
+        "name = \"I\"\nscoring_timeout = \"x\"\nmax_body = \"y\"",
+    );
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.problems.len(), 3, "{e}");
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/scoregate.toml");
+    Config::load(&path).unwrap();
+}

@@ -1,0 +1,290 @@
+//! The checked, typed config: what the gateway runs on. Built from the TOML by `validate`;
+//! compared field by field (`PartialEq`) by reload to tell what changed. Key material is held in
+//! `Secret`, so `Debug` never prints it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::defaults::*;
+use crate::crypto::Secret;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from (absolute), or a label for configs built in code (demo, tests).
+    pub source: PathBuf,
+    /// The config file to reload from; `None` for configs built in code.
+    pub file: Option<PathBuf>,
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub admin: AdminConfig,
+    pub state_dir: PathBuf,
+    pub worker_threads: usize,
+    pub server: ServerSettings,
+    pub limits: Limits,
+    pub log: LogConfig,
+    pub tokens: TokensConfig,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenConfig {
+    pub addresses: Vec<SocketAddr>,
+    pub public_url: Option<String>,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub proxy_protocol: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub certificates: Vec<CertificateConfig>,
+    pub strict: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateConfig {
+    pub cname: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub drain_timeout: Duration,
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    pub idle_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub max_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_header_size: DEFAULT_MAX_HEADER_SIZE as usize,
+            max_headers: DEFAULT_MAX_HEADERS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_STREAMS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub access: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAlgorithm {
+    ES256,
+    RS256,
+    HS256,
+}
+
+impl TokenAlgorithm {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ES256" => Some(Self::ES256),
+            "RS256" => Some(Self::RS256),
+            "HS256" => Some(Self::HS256),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ES256 => "ES256",
+            Self::RS256 => "RS256",
+            Self::HS256 => "HS256",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokensConfig {
+    pub algorithm: TokenAlgorithm,
+    pub lifetime: Duration,
+    pub refresh_after: Duration,
+    pub leeway: Duration,
+    pub trusted_issuers: Vec<TrustedIssuerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrustedIssuerConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub algorithm: jsonwebtoken::Algorithm,
+    pub jwks: JwksSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    None,
+    Key,
+    Token,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Key => "key",
+            AuthMode::Token => "token",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendProtocol {
+    Http1,
+    H2c,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub auth: AuthMode,
+    pub backends: Vec<http::Uri>,
+    pub backend_protocol: BackendProtocol,
+    pub score_path: String,
+    pub scoring_timeout: Duration,
+    pub max_body: u64,
+    pub max_concurrent_requests_per_backend: usize,
+    pub max_request_wait_time: Duration,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub trusted_issuers: Option<Vec<String>>,
+    pub primary_key: Option<Secret>,
+    pub secondary_key: Option<Secret>,
+    pub health: HealthConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub path: String,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+    pub initial_delay: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: DEFAULT_HEALTH_PATH.into(),
+            period: DEFAULT_HEALTH_PERIOD,
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+            failure_threshold: DEFAULT_HEALTH_FAILURES,
+            success_threshold: DEFAULT_HEALTH_SUCCESSES,
+            initial_delay: DEFAULT_HEALTH_INITIAL_DELAY,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// A service with every default, for configs built in code (demo, tests).
+    pub fn new(name: &str, auth: AuthMode, backends: Vec<http::Uri>) -> Self {
+        ServiceConfig {
+            name: name.into(),
+            auth,
+            backends,
+            backend_protocol: BackendProtocol::Http1,
+            score_path: DEFAULT_SCORE_PATH.into(),
+            scoring_timeout: DEFAULT_SCORING_TIMEOUT,
+            max_body: DEFAULT_MAX_BODY,
+            max_concurrent_requests_per_backend: 0,
+            max_request_wait_time: DEFAULT_MAX_REQUEST_WAIT,
+            allow: vec![],
+            deny: vec![],
+            trusted_issuers: None,
+            primary_key: None,
+            secondary_key: None,
+            health: HealthConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// A config with every default and no services, for configs built in code (demo, tests).
+    pub fn new_in_code(
+        label: &str,
+        listen: SocketAddr,
+        certificates: Vec<CertificateConfig>,
+        state_dir: PathBuf,
+    ) -> Self {
+        Config {
+            source: PathBuf::from(label),
+            file: None,
+            listen: ListenConfig {
+                addresses: vec![listen],
+                public_url: None,
+                allow: vec![],
+                deny: vec![],
+                trusted_proxies: vec![],
+                proxy_protocol: false,
+            },
+            tls: TlsConfig {
+                certificates,
+                strict: false,
+            },
+            admin: AdminConfig {
+                address: "127.0.0.1:0".parse().unwrap(),
+                token_file: state_dir.join("admin-token"),
+            },
+            state_dir,
+            worker_threads: 0,
+            server: ServerSettings {
+                drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+                watch: false,
+            },
+            limits: Limits::default(),
+            log: LogConfig {
+                format: LogFormat::Text,
+                access: true,
+            },
+            tokens: TokensConfig {
+                algorithm: TokenAlgorithm::ES256,
+                lifetime: DEFAULT_TOKEN_LIFETIME,
+                refresh_after: default_refresh_after(DEFAULT_TOKEN_LIFETIME),
+                leeway: DEFAULT_TOKEN_LEEWAY,
+                trusted_issuers: vec![],
+            },
+            services: vec![],
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! One scoring request, top to bottom. The phases, as `handle` runs them:
+//!
+//! ```text
+//! (server: accept → TLS → HTTP/1.1 or HTTP/2)
+//!   → syntax (400) → route (404/405) → policy (403) → authenticate (401)
+//!   → admit (413 declared size, 503 global cap) → forward (502/503/504; 413 streamed)
+//!   → respond → observe (metrics + access log, when the response ends or the client goes)
+//! ```
+//!
+//! Each phase is a small function below or in its own module (`record` is the observe phase,
+//! `respond` the respond phase). Every refusal is a `GatewayError`; `error` turns it into the
+//! contract's JSON, and `respond::refusal` decides what happens to the request body still on
+//! the wire.
+
+pub mod record;
+pub mod respond;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Incoming};
+use tokio::time::Instant;
+
+use crate::auth::AuthOutcome;
+use crate::client::{ClientIdentity, ConnIdentity};
+use crate::error::{GatewayError, Overload};
+use crate::metrics::Code;
+use crate::proxy::body::Leftover;
+use crate::proxy::headers::{self, ForwardedFor, X_MS_CLIENT_REQUEST_ID};
+use crate::proxy::pool::PooledBody;
+use crate::proxy::{self, Target};
+use crate::route::{self, Endpoint};
+use crate::state::{Service, Shared, Snapshot};
+use record::{Observed, Record};
+use respond::Refused;
+
+/// What the client gets: the backend's streamed body, or a body the gateway made, observed.
+pub type RespBody = Observed<Either<PooledBody, Full<Bytes>>>;
+
+/// hyper's service entry point.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnIdentity>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    let snap = shared.snapshot();
+    let (mut parts, body) = req.into_parts();
+    let client = conn.for_request(&parts.headers);
+    let mut rec = Record::start(&shared, &parts, client.ip, body.size_hint().exact());
+    let version = parts.version;
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let refuse = |error, body| Refused {
+        error,
+        body,
+        version,
+        expects_continue,
+    };
+
+    let (resp, code) = match check(&shared, &snap, &client, &parts, &body, &mut rec) {
+        Err(error) => {
+            let code = Code::Error(error.code_index());
+            // Boxed: hyper keeps room for this future on every connection, busy or idle.
+            let r = Box::pin(respond::refusal(
+                refuse(error, Leftover::Unread(body)),
+                &rec,
+            ));
+            (r.await, code)
+        }
+        Ok((svc, target)) => {
+            forwarded_headers(&mut parts, &client, &rec.request_id);
+            rec.deployment = 1;
+            let sent_at = Instant::now();
+            let forwarded = Box::pin(proxy::forward(
+                &svc.upstream,
+                &svc.forward,
+                target,
+                parts,
+                body,
+            ));
+            match forwarded.await {
+                Ok(f) => {
+                    rec.backend_elapsed = Some(sent_at.elapsed());
+                    rec.backend = Some(f.backend);
+                    rec.slot = Some(f.slot);
+                    (respond::backend(f.response, &rec), Code::Backend)
+                }
+                Err(f) => {
+                    rec.backend = f.backend;
+                    let code = Code::Error(f.error.code_index());
+                    let r = Box::pin(respond::refusal(refuse(f.error, f.body), &rec));
+                    (r.await, code)
+                }
+            }
+        }
+    };
+    Ok(rec.attach(resp, code))
+}
+
+/// The phases before any backend work, in the contract's order.
+fn check(
+    shared: &Shared,
+    snap: &Snapshot,
+    client: &ClientIdentity,
+    parts: &http::request::Parts,
+    body: &Incoming,
+    rec: &mut Record,
+) -> Result<(Arc<Service>, Target), GatewayError> {
+    syntax(parts, rec)?;
+    let (svc, target) = route(snap, parts, rec)?;
+    policy(&svc, client)?;
+    authenticate(&svc, &parts.headers, rec)?;
+    admit(shared, snap, &svc, body)?;
+    Ok((svc, target))
+}
+
+/// Syntax (400): a malformed client request id is the client's mistake whatever the path.
+fn syntax(parts: &http::request::Parts, rec: &mut Record) -> Result<(), GatewayError> {
+    if let Some(v) = parts.headers.get(X_MS_CLIENT_REQUEST_ID) {
+        if !headers::valid_client_request_id(v) {
+            return Err(GatewayError::BadRequest(
+                "x-ms-client-request-id must be 1 to 100 characters of A-Z a-z 0-9 - _ . :",
+            ));
+        }
+        rec.client_request_id = Some(v.clone());
+    }
+    Ok(())
+}
+
+/// Route (404/405): the scoring path shapes, the service, the method.
+fn route(
+    snap: &Snapshot,
+    parts: &http::request::Parts,
+    rec: &mut Record,
+) -> Result<(Arc<Service>, Target), GatewayError> {
+    let route = route::parse(parts.uri.path()).ok_or(GatewayError::NotFound)?;
+    let svc = snap
+        .service(route.service)
+        .ok_or_else(|| GatewayError::ServiceNotFound(route.service.to_string()))?
+        .clone();
+    rec.service = Some(svc.clone());
+    if parts.method != route.endpoint.method() {
+        return Err(GatewayError::MethodNotAllowed(route.endpoint));
+    }
+    let target = match route.endpoint {
+        Endpoint::Score => Target::Score,
+        Endpoint::Swagger => Target::Swagger,
+    };
+    Ok((svc, target))
+}
+
+/// Policy (403): the service's client allow/deny lists.
+fn policy(svc: &Service, client: &ClientIdentity) -> Result<(), GatewayError> {
+    if svc.policy.admits(client.ip) {
+        Ok(())
+    } else {
+        Err(GatewayError::Forbidden)
+    }
+}
+
+/// Authenticate (401): the credential against the service's auth mode.
+fn authenticate(svc: &Service, h: &http::HeaderMap, rec: &mut Record) -> Result<(), GatewayError> {
+    match svc.auth.authenticate(h) {
+        Ok(outcome) => {
+            rec.auth = outcome;
+            Ok(())
+        }
+        Err(e) => {
+            if let GatewayError::Unauthorized { reason, .. } = &e {
+                rec.auth = AuthOutcome::Failed(*reason);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Admit (413, 503): the declared body size (streamed bytes are counted while forwarding) and
+/// the global in-flight cap.
+fn admit(
+    shared: &Shared,
+    snap: &Snapshot,
+    svc: &Service,
+    body: &Incoming,
+) -> Result<(), GatewayError> {
+    let limit = svc.forward.max_body;
+    if body.size_hint().lower() > limit {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    let cap = snap.config.limits.max_in_flight;
+    if cap > 0 && shared.in_flight.load(Ordering::Relaxed) > cap {
+        return Err(GatewayError::Overloaded(Overload::InFlightCap));
+    }
+    Ok(())
+}
+
+/// The request headers the backend sees (contract §1): hop-by-hop headers and the credential
+/// gone, forwarded headers set from the client's identity, our request id added.
+fn forwarded_headers(
+    parts: &mut http::request::Parts,
+    client: &ClientIdentity,
+    request_id: &HeaderValue,
+) {
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
+    let fwd = ForwardedFor {
+        hop: client.forwarded_for_hop(),
+        trusted_peer: client.http_proxy,
+        host: host.as_ref(),
+    };
+    headers::rewrite_request(&mut parts.headers, &fwd, request_id);
+}

@@ -1,0 +1,192 @@
+//! Forwarding one request to a backend of an upstream and getting its response head.
+//!
+//! Admission comes first: the request takes a concurrency slot on an available backend
+//! (`upstream`), waiting at most `max_request_wait_time` when all are full (503), or failing at
+//! once when none is available (502). A connection that could not be established is retried
+//! once on another backend (and counts towards that backend's passive back-off); a request that
+//! may have reached a backend is never retried (scoring need not be idempotent). The slot
+//! (`InFlight`) comes back with the response and stays taken until the response body ends.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use super::body::{BodySlot, Leftover, TooLarge};
+use super::pool::PooledBody;
+use super::upstream::{Backend, InFlight, Refusal, Upstream};
+use crate::error::{BackendError, DisplayChain, GatewayError, Overload};
+
+/// How requests of one service (deployment) are forwarded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardSettings {
+    /// The backend's scoring path (`score_path`).
+    pub score_path: String,
+    pub scoring_timeout: Duration,
+    pub max_body: u64,
+    /// `max_concurrent_requests_per_backend` (0: no limit).
+    pub limit: usize,
+    pub max_wait: Duration,
+}
+
+/// Which backend route a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `POST {score_path}`.
+    Score,
+    /// `GET /swagger.json`.
+    Swagger,
+}
+
+/// The backend's response head, which backend gave it, and the slot it holds.
+pub struct Forwarded {
+    pub response: Response<PooledBody>,
+    pub backend: Arc<Backend>,
+    pub slot: InFlight,
+}
+
+/// A forward that failed: why, on which backend (when one was chosen), and what is left of the
+/// request body (so the gateway can drain it or close the connection).
+pub struct ForwardError {
+    pub error: GatewayError,
+    pub backend: Option<Arc<Backend>>,
+    pub body: Leftover,
+}
+
+/// The backend's path: the route's (+ the client's query, verbatim).
+fn backend_path(path: &str, query: Option<&str>) -> PathAndQuery {
+    match query {
+        Some(q) => {
+            let mut s = String::with_capacity(path.len() + 1 + q.len());
+            s.push_str(path);
+            s.push('?');
+            s.push_str(q);
+            PathAndQuery::try_from(s)
+        }
+        None => PathAndQuery::try_from(path),
+    }
+    .expect("path and query come from a parsed URI and a validated score_path")
+}
+
+/// Sends the request to a backend of `up`. `parts` already carries the rewritten headers.
+pub async fn forward(
+    up: &Upstream,
+    settings: &ForwardSettings,
+    target: Target,
+    parts: Parts,
+    body: Incoming,
+) -> Result<Forwarded, ForwardError> {
+    let path = match target {
+        Target::Score => settings.score_path.as_str(),
+        Target::Swagger => "/swagger.json",
+    };
+    let query = parts.uri.query();
+    let mut headers = parts.headers;
+    let slot_body = BodySlot::new(body, settings.max_body);
+    let fail = |error, backend| ForwardError {
+        error,
+        backend,
+        body: slot_body.leftover(),
+    };
+    let mut tried: Option<Arc<Backend>> = None;
+    let wait_until = tokio::time::Instant::now() + settings.max_wait;
+    // The scoring timeout runs from the first admission, not from arrival: the wait for a slot
+    // has its own bound.
+    let mut scoring_deadline = None;
+    loop {
+        let slot = match up.acquire(tried.as_ref(), settings.limit, wait_until).await {
+            Ok(g) => g,
+            Err(refusal) => return Err(fail(refused(refusal, tried.is_some()), tried)),
+        };
+        let backend = slot.backend().clone();
+        let deadline = *scoring_deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + settings.scoring_timeout);
+        let mut req = Request::new(Either::Left(slot_body.body()));
+        *req.method_mut() = parts.method.clone();
+        // Only a first attempt with another backend to fall back on keeps a copy of the headers
+        // for the retry; otherwise they move (a header map clone is a dozen allocations).
+        *req.headers_mut() = if tried.is_none() && up.backends.len() > 1 {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
+        let sent = tokio::time::timeout_at(
+            deadline,
+            backend
+                .pool
+                .send(up.protocol, backend_path(path, query), req),
+        )
+        .await;
+        match sent {
+            Ok(Ok(response)) => {
+                backend.connect_succeeded();
+                return Ok(Forwarded {
+                    response,
+                    backend,
+                    slot,
+                });
+            }
+            Err(_) => {
+                return Err(fail(
+                    GatewayError::ScoringTimeout(settings.scoring_timeout),
+                    Some(backend),
+                ));
+            }
+            Ok(Err(e)) => {
+                if e.is_connect() {
+                    backend.connect_failed();
+                } else {
+                    backend.connect_succeeded();
+                }
+                if let Some(t) = find_source::<TooLarge>(&e) {
+                    return Err(fail(
+                        GatewayError::PayloadTooLarge { limit: t.0 },
+                        Some(backend),
+                    ));
+                }
+                // Retry once, elsewhere, only if nothing was sent and the body is still ours.
+                if e.is_connect() && tried.is_none() && slot_body.available() {
+                    tracing::warn!(backend = %backend.url, error = %e, "cannot connect to backend, trying another");
+                    drop(slot);
+                    tried = Some(backend);
+                    continue;
+                }
+                tracing::warn!(backend = %backend.url, error = %DisplayChain(&e), "backend request failed");
+                let cause = if e.is_connect() {
+                    BackendError::Connect(Box::new(e))
+                } else {
+                    BackendError::Exchange(Box::new(e))
+                };
+                return Err(fail(GatewayError::BackendUnavailable(cause), Some(backend)));
+            }
+        }
+    }
+}
+
+/// The error for a request that got no slot.
+fn refused(r: Refusal, retried: bool) -> GatewayError {
+    match r {
+        Refusal::NoBackend if retried => GatewayError::BackendUnavailable(BackendError::Connect(
+            "the connection failed and no other backend is available".into(),
+        )),
+        Refusal::NoBackend => GatewayError::BackendUnavailable(BackendError::NoneAvailable),
+        Refusal::QueueFull => GatewayError::Overloaded(Overload::QueueFull),
+        Refusal::WaitExpired => GatewayError::Overloaded(Overload::WaitExpired),
+    }
+}
+
+fn find_source<'a, E: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'a E> {
+    let mut cur: Option<&'a (dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(x) = err.downcast_ref::<E>() {
+            return Some(x);
+        }
+        cur = err.source();
+    }
+    None
+}

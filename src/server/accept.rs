@@ -1,0 +1,192 @@
+//! Accepting connections: the listener policy and the connection cap at accept, then the PROXY
+//! v2 header (from trusted proxies) and the TLS handshake, under `tls_handshake_timeout`. An
+//! established connection goes on to `http`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use super::http::{Builders, serve_http};
+use super::{Phase, stopping};
+use crate::client::ConnIdentity;
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use crate::proxy_protocol;
+use crate::state::Shared;
+
+/// How long the accept loop pauses after a failed `accept` (EMFILE and friends) instead of
+/// spinning on it.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What every connection of every scoring listener shares.
+pub(super) struct Front {
+    pub shared: Arc<Shared>,
+    pub acceptor: TlsAcceptor,
+    pub limits: Limits,
+    pub builders: Builders,
+    /// `limits.max_connections`, across all listeners.
+    pub slots: Arc<Semaphore>,
+}
+
+fn refuse(metrics: &Metrics, reason: &str) {
+    metrics
+        .connections_refused
+        .with_label_values(&[reason])
+        .inc();
+}
+
+pub(super) async fn accept_loop(
+    front: Arc<Front>,
+    listener: TcpListener,
+    mut phase: watch::Receiver<Phase>,
+    open: mpsc::Sender<()>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = phase.changed() => break,
+        };
+        let snap = front.shared.snapshot();
+        let conn = snap.trust.at_accept(peer);
+        // Behind a trusted proxy the policy judges the client its PROXY header names.
+        if !conn.expects_proxy_header() && !snap.listener_policy.admits(conn.client.ip()) {
+            refuse(&front.shared.metrics, "policy");
+            continue;
+        }
+        drop(snap);
+        let Ok(permit) = front.slots.clone().try_acquire_owned() else {
+            refuse(&front.shared.metrics, "max_connections");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(connection(
+            front.clone(),
+            tcp,
+            conn,
+            permit,
+            phase.clone(),
+            open.clone(),
+        ));
+    }
+    // Dropping the listener here is what refuses new connections during the drain.
+}
+
+/// Counts a connection in `scoregate_connections_open` for as long as it lives.
+struct Counted<'a>(&'a Metrics);
+
+impl<'a> Counted<'a> {
+    fn new(m: &'a Metrics) -> Self {
+        m.connections.inc();
+        Counted(m)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.connections.dec();
+    }
+}
+
+/// One client connection, from accept to close.
+async fn connection(
+    front: Arc<Front>,
+    tcp: TcpStream,
+    conn: ConnIdentity,
+    _slot: OwnedSemaphorePermit,
+    mut phase: watch::Receiver<Phase>,
+    _open: mpsc::Sender<()>,
+) {
+    let metrics = &front.shared.metrics;
+    let _counted = Counted::new(metrics);
+    let peer = conn.peer;
+    // Boxed: the handshake's state is large and lives only until the handshake ends, so it
+    // must not stay part of this task's future for the connection's whole life (idle memory).
+    let setup = tokio::time::timeout(
+        front.limits.tls_handshake_timeout,
+        Box::pin(handshake(&front, tcp, conn)),
+    );
+    let stopping = stopping(&mut phase);
+    // A connection still shaking hands has no request to finish: the drain drops it.
+    let established = tokio::select! {
+        r = setup => match r {
+            Ok(r) => r,
+            Err(_) => {
+                metrics.tls_handshake_failures.with_label_values(&["timeout"]).inc();
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        },
+        _ = stopping => None,
+    };
+    if let Some((tls, conn)) = established {
+        serve_http(&front, tls, conn, &mut phase).await;
+    }
+}
+
+/// The PROXY header (from a trusted proxy) and the TLS handshake. `None` when the connection was
+/// refused or failed; the reason is counted.
+async fn handshake(
+    front: &Front,
+    mut tcp: TcpStream,
+    mut conn: ConnIdentity,
+) -> Option<(Box<TlsStream<TcpStream>>, ConnIdentity)> {
+    let metrics = &front.shared.metrics;
+    let peer = conn.peer;
+    if conn.expects_proxy_header() {
+        match proxy_protocol::read_header(&mut tcp).await {
+            Ok(proxy_protocol::Header::Proxy { source, .. }) => {
+                conn = conn.with_proxy_source(Some(source));
+                if !front
+                    .shared
+                    .snapshot()
+                    .listener_policy
+                    .admits(conn.client.ip())
+                {
+                    refuse(metrics, "policy");
+                    return None;
+                }
+            }
+            Ok(proxy_protocol::Header::Local) => conn = conn.with_proxy_source(None),
+            Err(e) => {
+                refuse(metrics, "proxy_protocol");
+                tracing::debug!(%peer, error = %e, "no valid PROXY header from a trusted proxy");
+                return None;
+            }
+        }
+    }
+    match front.acceptor.accept(tcp).await {
+        Ok(tls) => {
+            metrics.tls_handshakes.inc();
+            // Boxed: rustls' connection state is 1.2 KB, and moving it through the futures that
+            // follow would leave a copy's room in each of them.
+            Some((Box::new(tls), conn))
+        }
+        Err(e) => {
+            let reason = if e.kind() == io::ErrorKind::InvalidData {
+                "protocol"
+            } else {
+                "io"
+            };
+            metrics
+                .tls_handshake_failures
+                .with_label_values(&[reason])
+                .inc();
+            let client: SocketAddr = conn.client;
+            tracing::debug!(%peer, %client, error = %e, "TLS handshake failed");
+            None
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! HTTP on an established TLS connection: HTTP/1.1 or HTTP/2 by ALPN, hyper's builders
+//! configured from the limits, and each request handed to `gateway::handle` under the
+//! connection's timers (`timers`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+
+use super::accept::Front;
+use super::timers::{Activity, Drive, Expired, Guarded, InUse, Tracked};
+use super::{Phase, stopping};
+use crate::client::ConnIdentity;
+use crate::config::Limits;
+use crate::gateway;
+use crate::state::Shared;
+
+/// HTTP/2 PINGs find dead peers behind NATs that silently dropped the connection.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// hyper's smallest allowed read buffer; the header limit may ask for more.
+const MIN_READ_BUF: usize = 8 * 1024;
+
+/// hyper connection builders, configured once from the limits.
+pub(super) struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    pub(super) fn new(limits: &Limits) -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            // Our own header-read timer replaces hyper's (see the module comment).
+            .header_read_timeout(None)
+            .max_headers(limits.max_headers)
+            .max_header_size(limits.max_header_size)
+            .max_buf_size(limits.max_header_size.max(MIN_READ_BUF))
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(limits.max_header_size as u32)
+            .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
+        Builders { h1, h2 }
+    }
+}
+
+/// HTTP/1.1 or HTTP/2 (by ALPN) over an established TLS connection, until it closes.
+pub(super) async fn serve_http(
+    front: &Front,
+    tls: Box<TlsStream<TcpStream>>,
+    conn: ConnIdentity,
+    phase: &mut watch::Receiver<Phase>,
+) {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let act = Arc::new(Activity::new(h2));
+    // HTTP/1.1 clients often connect ahead of need; hyper allocates its buffers (16 KiB) when
+    // it starts, so it starts only once the first request begins to arrive.
+    if !h2 && !first_bytes(front, &tls, conn.peer, phase).await {
+        return;
+    }
+    let io = TokioIo::new(Tracked {
+        inner: tls,
+        act: act.clone(),
+    });
+    let peer = conn.peer;
+    let conn = Arc::new(conn);
+    let shared = front.shared.clone();
+    let a = act.clone();
+    let svc = service_fn(move |req| serve_request(shared.clone(), conn.clone(), a.clone(), req));
+    let ctx = Drive {
+        act: &act,
+        limits: &front.limits,
+        metrics: &front.shared.metrics,
+        peer,
+    };
+    // Future sizes are idle memory: every connection holds its own for its whole life, and hyper
+    // holds room for one `serve_request` future. So each protocol's connection is pinned in its
+    // own branch (an HTTP/1.1 connection has no room for HTTP/2 state), and futures are built in
+    // `let` statements, because temporaries inside an `.await` statement stay in the state.
+    if h2 {
+        let mut conn = pin!(front.builders.h2.serve_connection(io, svc));
+        let run = ctx.run(conn.as_mut(), |c| c.graceful_shutdown(), phase);
+        run.await;
+    } else {
+        let mut conn = pin!(front.builders.h1.serve_connection(io, svc));
+        let run = ctx.run(conn.as_mut(), |c| c.graceful_shutdown(), phase);
+        run.await;
+    }
+}
+
+/// One request: `gateway::handle`, with the request counted as in progress on its connection
+/// (for the idle timer) until its response body has been sent.
+async fn serve_request(
+    shared: Arc<Shared>,
+    conn: Arc<ConnIdentity>,
+    act: Arc<Activity>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Guarded<gateway::RespBody>>, Infallible> {
+    let in_use = InUse::begin(act);
+    let resp = gateway::handle(shared, conn, req).await?;
+    Ok(resp.map(|body| Guarded {
+        body,
+        _in_use: in_use,
+    }))
+}
+
+/// Waits, under the header-read timer and the drain, until an HTTP/1.1 connection has something
+/// to read: bytes on the socket, or plaintext rustls already holds (sent with the handshake's
+/// last flight). `false`: the gateway is draining or the client sent nothing in time.
+async fn first_bytes(
+    front: &Front,
+    tls: &TlsStream<TcpStream>,
+    peer: SocketAddr,
+    phase: &mut watch::Receiver<Phase>,
+) -> bool {
+    let (tcp, session) = tls.get_ref();
+    // rustls decrypts every complete record it has read, so unread data is either plaintext
+    // (then it does not want to read) or still in the socket.
+    if !session.wants_read() {
+        return true;
+    }
+    // The header-read timer runs from the end of the handshake, which was just now.
+    let deadline = Instant::now() + front.limits.header_read_timeout;
+    let stopping = stopping(phase);
+    tokio::select! {
+        // An error is hyper's to find and report.
+        _ = tcp.readable() => true,
+        _ = stopping => false,
+        _ = tokio::time::sleep_until(deadline) => {
+            Expired::HeaderRead.count(&front.shared.metrics, peer);
+            false
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Listeners and connections, the front of a request's path:
+//!
+//! ```text
+//! accept (listener allow/deny, connection cap) → PROXY v2 header (trusted proxies only)
+//!   → TLS (SNI picks the certificate) → HTTP/1.1 or HTTP/2 by ALPN → gateway::handle
+//! ```
+//!
+//! `accept` owns the listeners and each connection up to an established TLS stream; `http`
+//! serves HTTP on it; `timers` holds the per-connection timers (header read, idle, send). This
+//! module starts and stops the whole: `start` binds the listeners and builds the state, `run`
+//! serves until a stop signal (reloading on SIGHUP), and `Server::shutdown` drains.
+//!
+//! Limits, all from `[limits]`:
+//! - `tls_handshake_timeout` bounds the PROXY header and the TLS handshake together.
+//! - `header_read_timeout` (HTTP/1.1): from the end of the TLS handshake, or from the first byte
+//!   of a later request on a keep-alive connection, to a complete request head. A slowloris
+//!   connection (a head that trickles in, or nothing at all after TLS) is closed when it runs
+//!   out, without an answer (the contract allows a closed connection there).
+//! - `idle_timeout`: a connection with no request in progress — and, on HTTP/1.1, no byte of a
+//!   new one — is closed this long after its last response ended (HTTP/1.1: closed with TLS
+//!   `close_notify`; HTTP/2: GOAWAY). The two timers are independent. hyper's own
+//!   `header_read_timeout` is turned off because its timer also runs while a keep-alive
+//!   connection waits for its next request, which would cap every idle HTTP/1.1 connection at
+//!   the (much shorter) header timeout.
+//! - `idle_timeout` is also the send timeout: a connection whose writes to the client have been
+//!   blocked that long (the client stopped reading its response) is dropped
+//!   (`connection_timeouts{reason="send"}`), which frees the backend connection behind it.
+//! - `max_header_size`, `max_headers`: hyper answers a larger HTTP/1.1 head with a bare 431 and
+//!   closes the connection; on HTTP/2 the header list limit is advertised in SETTINGS and the h2
+//!   layer answers a larger list with 431 on that stream (the connection stays).
+//! - `max_connections`: counted across all listeners, from accept to close. At the cap a new
+//!   connection is accepted and closed at once, before TLS (`connections_refused{reason=
+//!   "max_connections"}`): the client learns immediately, instead of waiting unseen in the kernel
+//!   backlog, and accepting goes on so a closed connection frees a slot at once.
+//! - `h2_max_concurrent_streams`: advertised per HTTP/2 connection.
+//! - `max_in_flight`: requests across all connections; `gateway::admit` answers 503 beyond it.
+//!
+//! Network policy: listener `allow`/`deny` is checked at accept, before any TLS work, on the
+//! client as `client::Trust` sees it (the TCP peer, or the source of a PROXY v2 header from a
+//! trusted proxy). A LOCAL header (the proxy's own health check) keeps the proxy as the client
+//! and is admitted because the proxy is trusted. A trusted peer that sends no valid header is
+//! closed. From any other peer a PROXY header is not read: its bytes reach the TLS layer, which
+//! fails the handshake, so a forged header only gets its sender disconnected.
+//!
+//! Drain (`Server::shutdown`): `/readyz` turns 503; the scoring listeners close (new connections
+//! are refused); connections still in their handshake are dropped; idle HTTP/1.1 connections close
+//! and busy ones close after their response; HTTP/2 connections get GOAWAY and finish their
+//! streams. It ends as soon as the last connection is gone, or at the drain deadline, when the rest
+//! are closed. The admin listener stops last, so `/readyz` answers 503 throughout the drain.
+
+mod accept;
+mod http;
+mod timers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::state::Shared;
+use accept::Front;
+
+/// After the drain deadline, connections are told to close; this bounds the wait for that.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// The admin listener stops after the drain; its open requests (a scrape, a reload) get this long.
+const ADMIN_STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Where the scoring side is in its life; connections watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Stop accepting; let requests in progress finish.
+    Draining,
+    /// The drain deadline passed: close what is left.
+    Closing,
+}
+
+/// A running gateway: its bound addresses and the handle to stop it.
+pub struct Server {
+    pub shared: Arc<Shared>,
+    /// Bound scoring listener addresses (useful when the config asked for port 0).
+    pub addrs: Vec<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    phase: watch::Sender<Phase>,
+    admin_stop: watch::Sender<bool>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    admin_task: JoinHandle<()>,
+    watcher: Option<JoinHandle<()>>,
+    /// Every connection task holds a clone; when all are gone, `drained` yields `None`.
+    open: mpsc::Sender<()>,
+    drained: mpsc::Receiver<()>,
+}
+
+/// Binds every listener, then builds the state (so nothing is written to the state dir when a
+/// port is taken), then starts serving.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let admin_cfg = config.admin.clone();
+    let limits = config.limits.clone();
+    let watch_files = config.server.watch;
+    let mut listeners = Vec::new();
+    for a in &config.listen.addresses {
+        let l = TcpListener::bind(a)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {a}: {e}"))?;
+        listeners.push(l);
+    }
+    let admin = crate::admin::bind(&admin_cfg).await?;
+    let shared = Shared::start(config).await?;
+    let admin = admin.start(shared.clone(), &admin_cfg).await?;
+    let admin_addr = admin.local_addr;
+    let (admin_stop, admin_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin.serve(admin_rx));
+
+    let front = Arc::new(Front {
+        shared: shared.clone(),
+        acceptor: TlsAcceptor::from(shared.tls_config.clone()),
+        builders: http::Builders::new(&limits),
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        limits,
+    });
+    let (phase, _) = watch::channel(Phase::Serving);
+    let (open, drained) = mpsc::channel(1);
+    let mut addrs = Vec::new();
+    let mut accept_tasks = Vec::new();
+    for l in listeners {
+        addrs.push(l.local_addr()?);
+        accept_tasks.push(tokio::spawn(accept::accept_loop(
+            front.clone(),
+            l,
+            phase.subscribe(),
+            open.clone(),
+        )));
+    }
+    let _ = shared.bound.set(addrs.clone());
+    let watcher = watch_files.then(|| crate::reload::watch::spawn(shared.clone()));
+    shared.ready.store(true, Ordering::SeqCst);
+    for a in &addrs {
+        tracing::info!(address = %a, "scoring listener ready");
+    }
+    Ok(Server {
+        shared,
+        addrs,
+        admin_addr,
+        phase,
+        admin_stop,
+        accept_tasks,
+        admin_task,
+        watcher,
+        open,
+        drained,
+    })
+}
+
+/// `scoregate serve`: runs until SIGTERM/SIGINT, reloading on SIGHUP, then drains.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let mut signals = crate::signals::Signals::install()?;
+    let server = start(config).await?;
+    let shared = server.shared.clone();
+    if let Some(mut hup) = signals.hangup.take() {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading");
+                let _ = crate::reload::reload(&s).await;
+            }
+        });
+    }
+    signals.wait_for_stop().await;
+    // Read now, not at start: a reload may have changed it.
+    let drain = shared.snapshot().config.server.drain_timeout;
+    server.shutdown(drain).await;
+    Ok(())
+}
+
+impl Server {
+    /// Graceful stop: not ready, stop accepting, let in-flight requests finish (idle keep-alive
+    /// connections close, HTTP/2 clients get GOAWAY), at most `drain_timeout`. Returns as soon as
+    /// no connection is left, or at the deadline after closing the rest. The admin listener
+    /// (`/readyz` answering 503) stops last.
+    pub async fn shutdown(self, drain_timeout: Duration) {
+        let Server {
+            shared,
+            phase,
+            admin_stop,
+            accept_tasks,
+            admin_task,
+            watcher,
+            open,
+            mut drained,
+            ..
+        } = self;
+        shared.ready.store(false, Ordering::SeqCst);
+        let _ = phase.send(Phase::Draining);
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        drop(open);
+        let started = Instant::now();
+        tracing::info!(
+            connections = shared.metrics.connections.get(),
+            in_flight = shared.in_flight.load(Ordering::Relaxed),
+            drain_timeout = ?drain_timeout,
+            "listeners closed; draining"
+        );
+        if tokio::time::timeout(drain_timeout, drained.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = shared.metrics.connections.get(),
+                in_flight = shared.in_flight.load(Ordering::Relaxed),
+                "drain timeout reached; closing remaining connections"
+            );
+            let _ = phase.send(Phase::Closing);
+            let _ = tokio::time::timeout(CLOSE_WAIT, drained.recv()).await;
+        } else {
+            tracing::info!(elapsed = ?started.elapsed(), "drained");
+        }
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        let _ = admin_stop.send(true);
+        let _ = tokio::time::timeout(ADMIN_STOP_WAIT, admin_task).await;
+    }
+}
+
+/// Resolves once the scoring side stops serving (a drain begins, or the server is gone).
+async fn stopping(phase: &mut watch::Receiver<Phase>) {
+    while *phase.borrow_and_update() == Phase::Serving {
+        if phase.changed().await.is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The file store (`state.store = "file"`, the default): the whole state in one JSON file,
+//! `<state.dir>/state.json`, mode 0600, replaced atomically (`files::write_atomically`), so a
+//! crash never leaves it half-written and a failed write leaves both the file and the state in
+//! force unchanged.
+//!
+//! Earlier versions kept two files, `services.json` (service records and keys) and
+//! `token-keys.json` (signing keys); a state dir that has them and no `state.json` is read from
+//! them once and written in the new format (the old files are left in place, renamed with a
+//! `.migrated` suffix).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use super::records::{ServiceRecord, SigningKeyRecord, StoreState};
+use crate::files;
+
+pub const STATE_FILE: &str = "state.json";
+const LEGACY_SERVICES: &str = "services.json";
+const LEGACY_KEYS: &str = "token-keys.json";
+/// The file format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 2;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StateFile {
+    version: u32,
+    #[serde(default)]
+    services: BTreeMap<String, ServiceRecord>,
+    #[serde(default)]
+    signing_keys: Vec<SigningKeyRecord>,
+}
+
+#[derive(Deserialize)]
+struct LegacyServices {
+    #[serde(default)]
+    services: BTreeMap<String, ServiceRecord>,
+}
+
+#[derive(Deserialize)]
+struct LegacyKeys {
+    #[serde(default)]
+    keys: Vec<SigningKeyRecord>,
+}
+
+/// The state dir's store file.
+#[derive(Debug)]
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    /// Opens the store in `dir` (created when missing): removes temp files a crash left behind
+    /// and reads the state (empty when there is none yet). Blocking.
+    pub fn open(dir: &Path) -> Result<(FileStore, StoreState), StoreError> {
+        let io_err = |source: io::Error| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let orphans = files::remove_orphaned_temp_files(dir);
+        if orphans > 0 {
+            tracing::warn!(dir = %dir.display(), files = orphans, "removed temp files left by an earlier crash");
+        }
+        let store = FileStore {
+            path: dir.join(STATE_FILE),
+        };
+        let state = match read_json::<StateFile>(&store.path)? {
+            Some(f) if f.version > FORMAT_VERSION => {
+                return Err(StoreError::Corrupt {
+                    path: store.path.clone(),
+                    why: format!(
+                        "format version {} is newer than this build's {FORMAT_VERSION}",
+                        f.version
+                    ),
+                });
+            }
+            Some(f) => StoreState {
+                services: f.services,
+                signing_keys: f.signing_keys,
+            },
+            None => store.migrate(dir)?,
+        };
+        Ok((store, state))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the legacy files, if any, into the new format.
+    fn migrate(&self, dir: &Path) -> Result<StoreState, StoreError> {
+        let services = read_json::<LegacyServices>(&dir.join(LEGACY_SERVICES))?;
+        let keys = read_json::<LegacyKeys>(&dir.join(LEGACY_KEYS))?;
+        if services.is_none() && keys.is_none() {
+            return Ok(StoreState::default());
+        }
+        let state = StoreState {
+            services: services.map(|s| s.services).unwrap_or_default(),
+            signing_keys: keys.map(|k| k.keys).unwrap_or_default(),
+        };
+        self.write(&state)?;
+        for f in [LEGACY_SERVICES, LEGACY_KEYS] {
+            let p = dir.join(f);
+            if p.exists() {
+                let _ = std::fs::rename(&p, dir.join(format!("{f}.migrated")));
+            }
+        }
+        tracing::info!(file = %self.path.display(), "state migrated from services.json and token-keys.json");
+        Ok(state)
+    }
+
+    /// Replaces the stored state with `state`, atomically. Blocking.
+    pub fn write(&self, state: &StoreState) -> Result<(), StoreError> {
+        let file = StateFile {
+            version: FORMAT_VERSION,
+            services: state.services.clone(),
+            signing_keys: state.signing_keys.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).expect("the state serialises");
+        files::write_atomically(&self.path, &bytes).map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// A JSON file, or `None` when it does not exist.
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StoreError> {
+    match files::read_capped(path, files::MAX_STORE_FILE) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Secret;
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sg-store-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn state_round_trips_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir();
+        let (store, empty) = FileStore::open(&dir).unwrap();
+        assert_eq!(empty, StoreState::default());
+        let mut st = StoreState::default();
+        st.services.insert(
+            "iris".into(),
+            ServiceRecord {
+                id: "id".into(),
+                created_at: "t".into(),
+                updated_at: "t".into(),
+                revision: 3,
+                auth: "key".into(),
+                primary_key: Some(Secret::new("a".repeat(43))),
+                secondary_key: Some(Secret::new("b".repeat(43))),
+                primary_preset: None,
+                secondary_preset: None,
+            },
+        );
+        store.write(&st).unwrap();
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(FileStore::open(&dir).unwrap().1, st);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn legacy_files_are_migrated() {
+        let dir = tempdir();
+        std::fs::write(
+            dir.join(LEGACY_SERVICES),
+            r#"{"version":1,"services":{"iris":{"id":"i","createdAt":"c","updatedAt":"u","primaryKey":"p","secondaryKey":"s","auth":"key"}}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(LEGACY_KEYS),
+            r#"{"keys":[{"kid":"k","alg":"HS256","created":1,"private":"x"}]}"#,
+        )
+        .unwrap();
+        let (_, st) = FileStore::open(&dir).unwrap();
+        assert_eq!(
+            st.services["iris"].primary_key.as_ref().unwrap().expose(),
+            "p"
+        );
+        assert_eq!(st.signing_keys[0].kid, "k");
+        assert!(dir.join(STATE_FILE).exists());
+        assert!(!dir.join(LEGACY_SERVICES).exists());
+        assert_eq!(FileStore::open(&dir).unwrap().1, st);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_not_overwritten() {
+        let dir = tempdir();
+        std::fs::write(dir.join(STATE_FILE), r#"{"version":99}"#).unwrap();
+        assert!(matches!(
+            FileStore::open(&dir),
+            Err(StoreError::Corrupt { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
