@@ -8,31 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_rustls::server::TlsStream;
 
-use super::http::{Builders, serve_http};
-use super::{Phase, stopping};
+use super::http::serve_http;
+use super::{Front, Phase, stopping};
 use crate::client::ConnIdentity;
-use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::proxy_protocol;
-use crate::state::Shared;
 
 /// How long the accept loop pauses after a failed `accept` (EMFILE and friends) instead of
 /// spinning on it.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// What every connection of every scoring listener shares.
-pub(super) struct Front {
-    pub shared: Arc<Shared>,
-    pub acceptor: TlsAcceptor,
-    pub limits: Limits,
-    pub builders: Builders,
-    /// `limits.max_connections`, across all listeners.
-    pub slots: Arc<Semaphore>,
-}
 
 fn refuse(metrics: &Metrics, reason: &str) {
     metrics

@@ -16,9 +16,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
-use super::accept::Front;
 use super::timers::{Activity, Drive, Expired, Guarded, InUse, Tracked};
-use super::{Phase, stopping};
+use super::{Front, Phase, stopping};
 use crate::client::ConnIdentity;
 use crate::config::Limits;
 use crate::gateway;

@@ -63,9 +63,18 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::state::Shared;
-use accept::Front;
+
+/// What every connection of every scoring listener shares.
+struct Front {
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    limits: Limits,
+    builders: http::Builders,
+    /// `limits.max_connections`, across all listeners.
+    slots: Arc<Semaphore>,
+}
 
 /// After the drain deadline, connections are told to close; this bounds the wait for that.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
