@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::metrics::{metrics, value};
 use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -131,117 +131,6 @@ async fn reload(gw: &Gw, token: &str) -> (u16, serde_json::Value) {
 }
 
 // ---------------------------------------------------------------- metrics text
-
-/// One sample of the Prometheus text format: `name{labels} value`.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// A strict little parser of the text exposition format (0.0.4): every line is a `# HELP` or
-/// `# TYPE` comment, or a sample. Panics on anything else.
-fn parse_metrics(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(c) = line.strip_prefix("# ") {
-            assert!(
-                c.starts_with("HELP scoregate_") || c.starts_with("TYPE scoregate_"),
-                "unexpected comment: {line}"
-            );
-            continue;
-        }
-        let name_end = line
-            .find(['{', ' '])
-            .unwrap_or_else(|| panic!("no value: {line}"));
-        let name = &line[..name_end];
-        assert!(
-            name.starts_with("scoregate_")
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "bad metric name in: {line}"
-        );
-        let mut rest = &line[name_end..];
-        let mut labels = BTreeMap::new();
-        if let Some(r) = rest.strip_prefix('{') {
-            let mut r = r;
-            loop {
-                if let Some(after) = r.strip_prefix('}') {
-                    r = after;
-                    break;
-                }
-                let eq = r
-                    .find("=\"")
-                    .unwrap_or_else(|| panic!("bad label in: {line}"));
-                let key = &r[..eq];
-                assert!(
-                    !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-                    "bad label name in: {line}"
-                );
-                let mut value = String::new();
-                let mut chars = r[eq + 2..].char_indices();
-                let end = loop {
-                    match chars.next() {
-                        Some((_, '\\')) => match chars.next() {
-                            Some((_, 'n')) => value.push('\n'),
-                            Some((_, c)) => value.push(c),
-                            None => panic!("bad escape in: {line}"),
-                        },
-                        Some((i, '"')) => break eq + 2 + i + 1,
-                        Some((_, c)) => value.push(c),
-                        None => panic!("unterminated label value in: {line}"),
-                    }
-                };
-                labels.insert(key.to_string(), value);
-                r = &r[end..];
-                r = r.strip_prefix(',').unwrap_or(r);
-            }
-            rest = r;
-        }
-        let value_text = rest
-            .strip_prefix(' ')
-            .unwrap_or_else(|| panic!("no space before the value: {line}"));
-        let value: f64 = match value_text {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v
-                .parse()
-                .unwrap_or_else(|_| panic!("bad value {v:?} in: {line}")),
-        };
-        out.push(Sample {
-            name: name.to_string(),
-            labels,
-            value,
-        });
-    }
-    out
-}
-
-async fn metrics(gw: &Gw) -> Vec<Sample> {
-    let (status, text) = admin(gw.admin, "", "GET", "/metrics").await;
-    assert_eq!(status, 200);
-    parse_metrics(&text)
-}
-
-/// The value of the sample `name` whose labels include all of `labels` (0 when absent).
-/// The sum over every series of `name` that carries all of `labels`.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
 
 // ---------------------------------------------------------------- load generation
 

@@ -84,16 +84,15 @@ pub async fn handle(
                 target,
                 parts,
                 body,
+                &mut rec.backend,
             ));
             match forwarded.await {
                 Ok(f) => {
                     rec.backend_elapsed = Some(sent_at.elapsed());
-                    rec.backend = Some(f.backend);
                     rec.slot = Some(f.slot);
                     (respond::backend(f.response, &rec), Code::Backend)
                 }
                 Err(f) => {
-                    rec.backend = f.backend;
                     let code = Code::Error(f.error.code_index());
                     let r = Box::pin(respond::refusal(refuse(f.error, f.body), &rec));
                     (r.await, code)

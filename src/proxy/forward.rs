@@ -74,12 +74,15 @@ fn backend_path(path: &str, query: Option<&str>) -> PathAndQuery {
 }
 
 /// Sends the request to a backend of `up`. `parts` already carries the rewritten headers.
+/// `chosen` is set to each backend as it is chosen, so whoever holds it knows where the request
+/// went even if this future is dropped midway (a client gone).
 pub async fn forward(
     up: &Upstream,
     settings: &ForwardSettings,
     target: Target,
     parts: Parts,
     body: Incoming,
+    chosen: &mut Option<Arc<Backend>>,
 ) -> Result<Forwarded, ForwardError> {
     let path = match target {
         Target::Score => settings.score_path.as_str(),
@@ -104,6 +107,7 @@ pub async fn forward(
             Err(refusal) => return Err(fail(refused(refusal, tried.is_some()), tried)),
         };
         let backend = slot.backend().clone();
+        *chosen = Some(backend.clone());
         let deadline = *scoring_deadline
             .get_or_insert_with(|| tokio::time::Instant::now() + settings.scoring_timeout);
         let mut req = Request::new(Either::Left(slot_body.body()));

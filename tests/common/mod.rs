@@ -2,6 +2,8 @@
 //! real TLS clients (rustls) that trust a throwaway test CA. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod metrics;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
