@@ -261,6 +261,17 @@ async fn a_body_that_breaks_after_its_head_is_a_body_error() {
 
 // ---------------------------------------------------------------- every error agrees
 
+/// (method, path, headers, body, status, code, service label when routed)
+type Case<'a> = (
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    &'a str,
+    u16,
+    &'a str,
+    Option<&'a str>,
+);
+
 /// For every error the gateway can make, the response's status and code, the access log's
 /// `status` and `code`, and the `code` label of the request counter are the same thing.
 #[tokio::test]
@@ -303,15 +314,7 @@ async fn every_gateway_error_agrees_in_response_log_and_metrics() {
     eventually("errs-busy's slot is taken", || slow_backend.count() >= 1).await;
 
     let score = |s: &str| format!("/api/v1/service/{s}/score");
-    let cases: Vec<(
-        &str,
-        String,
-        Vec<(&str, &str)>,
-        &str,
-        u16,
-        &str,
-        Option<&str>,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             "POST",
             score("errs-key"),
