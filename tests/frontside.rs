@@ -666,6 +666,50 @@ async fn cidr_rules_at_the_listener_and_per_service() {
     gw.stop().await;
 }
 
+/// Regression (issue 10): behind a trusted HTTP proxy (PROXY protocol off), the client is the
+/// last address in `X-Forwarded-For` (policy sees it), and the backend receives the chain with
+/// the proxy's own address appended (`C, <proxy>`), not the client twice. From an untrusted peer
+/// the header is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_http_proxy_is_appended_to_x_forwarded_for() {
+    let _serial = SERIAL.lock().await;
+    let pki = Pki::new();
+    let backend = Backend::start().await;
+    let mut iris = service("iris", AuthMode::None, &[backend.url()]);
+    iris.deny = vec!["198.51.100.0/24".parse().unwrap()];
+    let mut cfg = config(&pki, vec![iris]);
+    cfg.listen.trusted_proxies = vec!["127.0.0.5/32".parse().unwrap()];
+    let gw = Gw::start(cfg).await;
+    let client = pki.client();
+    let send = |xff: &'static str, src: &'static str| {
+        let (client, addr) = (client.clone(), gw.addr);
+        async move {
+            let mut c = h1_from(&client, src, addr, b"").await;
+            c.send(
+                "POST",
+                "/api/v1/service/iris/score",
+                &[("x-forwarded-for", xff), ("x-forwarded-proto", "https")],
+                BODY,
+            )
+            .await
+        }
+    };
+    assert_eq!(send("203.0.113.7", "127.0.0.5").await.status, 200);
+    assert_eq!(
+        send("203.0.113.7, 198.51.100.9", "127.0.0.5").await.status,
+        403,
+        "the proxy's last entry is the client the service policy judges"
+    );
+    assert_eq!(send("203.0.113.7", "127.0.0.6").await.status, 200);
+    let seen = backend.seen();
+    let xff: Vec<&str> = seen
+        .iter()
+        .map(|s| s.headers["x-forwarded-for"].to_str().unwrap())
+        .collect();
+    assert_eq!(xff, ["203.0.113.7, 127.0.0.5", "127.0.0.6"]);
+    gw.stop().await;
+}
+
 /// Several listen addresses all serve.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listen_address_serves() {

@@ -380,6 +380,133 @@ async fn fifty_reloads_under_load_fail_no_request() {
 
 /// (b) A broken certificate file, a key that does not match, and an invalid config each leave
 /// the gateway exactly as it was; the admin API says why with 400, and the metric counts them.
+/// Every file in a folder, by name, with its bytes.
+fn files_in(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Regression (issue 10): a reload that changes a preset key and the signing algorithm, and then
+/// fails — in its build (a bad JWKS file) or when it persists (the state file cannot be
+/// replaced) — leaves nothing changed: the old key works, the new one is refused, tokens keep
+/// their `kid`, and the state dir's files are byte for byte what they were. (Before, the key
+/// store was written and its cells swapped before the rest of the build could fail.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_fails_after_a_preset_change_changes_nothing() {
+    let _serial = SERIAL.lock().await;
+    let site = Site::new("ops-atomic-reload");
+    let backend = Backend::start().await;
+    site.write_cert(3);
+    let (p1, p2) = ("a".repeat(40), "b".repeat(40));
+    let cfg = |preset: &str, alg: &str, extra: &str| {
+        format!(
+            "[tokens]\nalgorithm = \"{alg}\"\n{extra}\n{}{}",
+            service_toml(
+                "iris",
+                "key",
+                &[&backend],
+                &format!("primary_key = \"{preset}\"")
+            ),
+            service_toml("tok", "token", &[&backend], "")
+        )
+    };
+    site.write_config("127.0.0.1:0", "127.0.0.1:0", &cfg(&p1, "ES256", ""));
+    let gw = Gw::start(site.load()).await;
+    let admin_token = site.admin_token();
+    let issue = || async {
+        let (status, body) = admin(gw.admin, &admin_token, "POST", "/v1/services/tok/token").await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["accessToken"].as_str().unwrap().to_string()
+    };
+    let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+    let old_token = issue().await;
+    let state_dir = site.dir.join("state");
+    let files_before = files_in(&state_dir);
+    let client = site.pki.client();
+    let unchanged = |what: &'static str| {
+        let (client, gw, p1, p2, old_token, files_before, state_dir) = (
+            &client,
+            &gw,
+            &p1,
+            &p2,
+            &old_token,
+            &files_before,
+            &state_dir,
+        );
+        let issue = &issue;
+        async move {
+            let mut c = client.h1(gw.addr).await;
+            assert_eq!(
+                c.score("iris", p1, BODY).await.status,
+                200,
+                "{what}: old key"
+            );
+            assert_eq!(
+                c.score("iris", p2, BODY).await.status,
+                401,
+                "{what}: new key"
+            );
+            assert_eq!(c.score("tok", old_token, BODY).await.status, 200, "{what}");
+            assert_eq!(kid(&issue().await), kid(old_token), "{what}: signing key");
+            assert!(
+                files_in(state_dir) == *files_before,
+                "{what}: state files changed"
+            );
+        }
+    };
+
+    // 1. The build fails: a JWKS file that is not one.
+    std::fs::write(site.dir.join("idp.json"), "not a JWKS").unwrap();
+    let issuer = "[[tokens.trusted_issuers]]\nissuer = \"https://idp.example.test/\"\naudience = \"api://x\"\nalgorithm = \"RS256\"\njwks = \"idp.json\"\n";
+    site.write_config("127.0.0.1:0", "127.0.0.1:0", &cfg(&p2, "RS256", issuer));
+    let (status, body) = reload(&gw, &admin_token).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "InvalidConfig");
+    unchanged("a failed build").await;
+
+    // 2. The persist step fails: the state file cannot be replaced.
+    site.write_config("127.0.0.1:0", "127.0.0.1:0", &cfg(&p2, "RS256", ""));
+    let state_file = state_dir.join("state.json");
+    let kept = site.dir.join("state.json.kept");
+    std::fs::rename(&state_file, &kept).unwrap();
+    std::fs::create_dir(&state_file).unwrap();
+    let (status, body) = reload(&gw, &admin_token).await;
+    std::fs::remove_dir(&state_file).unwrap();
+    std::fs::rename(&kept, &state_file).unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "ReloadFailed");
+    unchanged("a failed write").await;
+
+    // 3. The same reload, now able to write, applies all of it.
+    let (status, body) = reload(&gw, &admin_token).await;
+    assert_eq!(status, 200, "{body}");
+    let mut c = client.h1(gw.addr).await;
+    assert_eq!(c.score("iris", &p2, BODY).await.status, 200);
+    assert_eq!(c.score("iris", &p1, BODY).await.status, 401);
+    assert_eq!(
+        c.score("tok", &old_token, BODY).await.status,
+        200,
+        "old tokens still verify"
+    );
+    assert_ne!(
+        kid(&issue().await),
+        kid(&old_token),
+        "a new algorithm mints a new kid"
+    );
+    assert!(files_in(&state_dir) != files_before);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_reloads_keep_the_old_state_and_are_counted() {
     let _serial = SERIAL.lock().await;
