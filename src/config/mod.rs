@@ -7,6 +7,7 @@
 
 pub mod defaults;
 pub mod raw;
+pub mod service;
 #[cfg(test)]
 mod tests;
 pub mod types;
@@ -16,8 +17,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use defaults::*;
+pub use service::parse_backend;
 pub use types::*;
-pub use validate::{MAX_KEY_LEN, MIN_KEY_LEN, parse_backend, validate_key_value};
+pub use validate::{MAX_KEY_LEN, MIN_KEY_LEN, validate_key_value};
 
 /// Everything wrong with a config file, one line per problem.
 #[derive(Debug)]

@@ -6,6 +6,7 @@
 //! This module knows nothing of snapshots, services or auth: the gateway hands it an
 //! `Upstream`, `ForwardSettings` and the request.
 
+pub mod backend;
 pub mod body;
 pub mod forward;
 pub mod headers;

@@ -1,13 +1,5 @@
-//! Backends of a service, their connection pools (`pool`), and the choice of backend per
-//! request.
-//!
-//! This module owns the per-backend runtime state that every snapshot shares (a `Backend` is
-//! keyed by URL and carries over reloads): the count of requests in flight, which is both the
-//! concurrency slot count and the load signal; the passive health state (consecutive connect
-//! failures and the back-off they earn); the active health verdict (written by `health`); and
-//! the wake-up for requests waiting for a slot.
-//!
-//! Choosing a backend (`Upstream::acquire`):
+//! The backends of one service (deployment) and the choice of backend per request
+//! (`Upstream::acquire`):
 //! - Among *available* backends (active check says healthy and not in a passive back-off), pick
 //!   by least outstanding requests with the power of two choices: the first candidate comes from
 //!   a round-robin cursor, the second at random among the others, and the less loaded wins (ties
@@ -15,10 +7,6 @@
 //! - A backend at `max_concurrent_requests_per_backend` is skipped. When every available backend
 //!   is full the request waits, in a bounded per-service queue, until a slot frees or
 //!   `max_request_wait_time` passes (then 503). No available backend at all: 502 at once.
-//! - A slot is an `InFlight` guard: it is taken before the request is sent and given back when
-//!   the guard drops, i.e. when the backend's response head arrives, the request fails, or the
-//!   handler future is dropped (client gone). The response body then streams outside the slot
-//!   (azmlinfsrv computes the whole answer before it sends the head).
 //!
 //! The limit is read from the service config at each admission and compared with the backend's
 //! shared in-flight count, so a reload (or a second service naming the same URL) never
@@ -29,211 +17,17 @@
 use std::cell::Cell;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
-use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-
-use super::pool::Pool;
-use crate::config::{BackendProtocol, HealthConfig};
+pub use super::backend::{Backend, InFlight, ProbeSettings};
+use crate::config::BackendProtocol;
 
 /// Requests that may wait per concurrency slot of a service (limit × backends): a slot serves
 /// several queued requests within one `max_request_wait_time` when scoring takes a fraction of
 /// it (Azure ML defaults: 500 ms wait, tens of ms per score); more would time out anyway.
 pub const WAITERS_PER_SLOT: usize = 8;
-/// Consecutive connect failures seen by real requests that take a backend out of rotation:
-/// one or two can be a blip (a restart, a full accept queue); three in a row is a dead process.
-pub const PASSIVE_FAILURES: u32 = 3;
-/// First passive back-off: long enough to stop hammering a dead port, short enough that a
-/// restarted backend is back within about a second.
-pub const PASSIVE_BACKOFF_MIN: Duration = Duration::from_secs(1);
-/// The back-off doubles with each ejection in a row, up to this: a backend that stays down is
-/// tried twice a minute (the active check usually brings it back sooner).
-pub const PASSIVE_BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// How the active health check probes a backend: the settings of the last service built that
-/// names it (services sharing a backend URL are expected to agree).
-#[derive(Debug, Clone)]
-pub struct ProbeSettings {
-    pub health: HealthConfig,
-    pub protocol: BackendProtocol,
-}
-
-/// One backend (model replica) and its runtime state.
-#[derive(Debug)]
-pub struct Backend {
-    /// `http://host:port`, as configured (label in logs and metrics).
-    pub url: String,
-    /// Its connections (shared by every snapshot naming this URL).
-    pub pool: Arc<Pool>,
-    /// Requests holding a slot on this backend (sent and not yet answered), across services.
-    pub in_flight: AtomicUsize,
-    /// The active health check's verdict (true until probes say otherwise).
-    pub healthy: AtomicBool,
-    /// Consecutive connect failures seen by real requests.
-    connect_failures: AtomicU32,
-    /// Passive ejections in a row (the back-off exponent); reset by a successful connect.
-    ejections: AtomicU32,
-    /// End of the passive back-off, in ms since `epoch()`; 0 when not ejected.
-    ejected_until: AtomicU64,
-    /// Requests currently waiting for a slot that would take one here.
-    waiters: AtomicUsize,
-    /// Signalled when a slot frees (one waiter) or availability changes (all waiters).
-    freed: Notify,
-    probe: Mutex<ProbeSettings>,
-}
-
-impl Backend {
-    pub fn new(uri: &http::Uri) -> Self {
-        let authority = uri
-            .authority()
-            .cloned()
-            .expect("validated backend URL has a host");
-        Backend {
-            url: format!("http://{authority}"),
-            pool: Arc::new(Pool::new(authority)),
-            in_flight: AtomicUsize::new(0),
-            healthy: AtomicBool::new(true),
-            connect_failures: AtomicU32::new(0),
-            ejections: AtomicU32::new(0),
-            ejected_until: AtomicU64::new(0),
-            waiters: AtomicUsize::new(0),
-            freed: Notify::new(),
-            probe: Mutex::new(ProbeSettings {
-                health: HealthConfig::default(),
-                protocol: BackendProtocol::Http1,
-            }),
-        }
-    }
-
-    /// Requests holding a slot here right now.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// The active health check's verdict.
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-
-    /// True while a passive back-off keeps the backend out of rotation.
-    pub fn is_ejected(&self) -> bool {
-        let until = self.ejected_until.load(Ordering::Relaxed);
-        until != 0 && now_ms() < until
-    }
-
-    /// May get new requests: healthy, and not in a passive back-off.
-    pub fn is_available(&self) -> bool {
-        self.is_healthy() && !self.is_ejected()
-    }
-
-    pub fn probe_settings(&self) -> ProbeSettings {
-        self.probe.lock().unwrap().clone()
-    }
-
-    pub fn set_probe_settings(&self, health: &HealthConfig, protocol: BackendProtocol) {
-        *self.probe.lock().unwrap() = ProbeSettings {
-            health: health.clone(),
-            protocol,
-        };
-    }
-
-    /// Takes a slot if the backend has fewer than `limit` requests in flight (0: no limit).
-    fn try_take(self: &Arc<Self>, limit: usize) -> Option<InFlight> {
-        if limit == 0 {
-            self.in_flight.fetch_add(1, Ordering::SeqCst);
-        } else {
-            self.in_flight
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                    (n < limit).then_some(n + 1)
-                })
-                .ok()?;
-        }
-        Some(InFlight(self.clone()))
-    }
-
-    fn has_room(&self, limit: usize) -> bool {
-        limit == 0 || self.in_flight.load(Ordering::Relaxed) < limit
-    }
-
-    fn release(&self) {
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        // Paired with the SeqCst increment of `waiters` before a waiter's last look: either the
-        // waiter sees this slot free, or this sees the waiter and wakes it.
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            self.freed.notify_one();
-        }
-    }
-
-    /// Wakes every waiter to look again (availability changed).
-    pub(crate) fn wake_waiters(&self) {
-        self.freed.notify_waiters();
-    }
-
-    /// A real request could not connect: count it, and start (or extend) a back-off once
-    /// `PASSIVE_FAILURES` come in a row. After the back-off the backend gets traffic again; one
-    /// more failure then takes it out at once for twice as long.
-    pub fn connect_failed(&self) {
-        let n = self.connect_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n < PASSIVE_FAILURES {
-            return;
-        }
-        let now = now_ms();
-        let until = self.ejected_until.load(Ordering::Relaxed);
-        if until != 0 && now < until {
-            return; // already out (requests that were on their way when it went)
-        }
-        let k = self.ejections.load(Ordering::Relaxed);
-        let backoff = backoff(k);
-        let next = now + backoff.as_millis() as u64;
-        if self
-            .ejected_until
-            .compare_exchange(until, next.max(1), Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.ejections.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(backend = %self.url, failures = n, backoff = ?backoff,
-                "backend refuses connections; taken out of rotation");
-            self.wake_waiters();
-        }
-    }
-
-    /// A connection to the backend worked: the failure streak and any back-off end.
-    pub fn connect_succeeded(&self) {
-        if self.connect_failures.load(Ordering::Relaxed) != 0
-            || self.ejections.load(Ordering::Relaxed) != 0
-        {
-            self.clear_passive();
-        }
-    }
-
-    pub(crate) fn clear_passive(&self) {
-        self.connect_failures.store(0, Ordering::Relaxed);
-        let was = self.ejections.swap(0, Ordering::Relaxed);
-        self.ejected_until.store(0, Ordering::Relaxed);
-        if was != 0 {
-            tracing::info!(backend = %self.url, "backend reachable again; back in rotation");
-            self.wake_waiters();
-        }
-    }
-}
-
-/// The passive back-off after `k` earlier ejections in a row.
-fn backoff(k: u32) -> Duration {
-    PASSIVE_BACKOFF_MIN
-        .saturating_mul(1u32 << k.min(16))
-        .min(PASSIVE_BACKOFF_MAX)
-}
-
-/// Milliseconds since a process-wide epoch (monotonic; never 0 after the first call's instant).
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_millis(1));
-    epoch.elapsed().as_millis() as u64
-}
-
 /// A cheap per-thread xorshift64 generator, seeded from the std hasher's random keys.
 fn random() -> u64 {
     thread_local! {
@@ -438,23 +232,6 @@ impl Drop for Waiting<'_> {
             b.waiters.fetch_sub(1, Ordering::SeqCst);
         }
         self.0.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A concurrency slot on a backend: counted in its in-flight requests until dropped, however
-/// the request ends.
-#[derive(Debug)]
-pub struct InFlight(Arc<Backend>);
-
-impl InFlight {
-    pub fn backend(&self) -> &Arc<Backend> {
-        &self.0
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.release();
     }
 }
 

@@ -1,0 +1,204 @@
+//! Validation of one `[[service]]` entry: its name, auth mode and presets, backends, timeouts,
+//! limits and health checks, each problem naming its key.
+
+use super::defaults::*;
+use super::raw::RawService;
+use super::types::*;
+use super::validate::{Validator, validate_key_value};
+use crate::crypto::Secret;
+use crate::route::valid_service_name;
+
+impl Validator {
+    pub(super) fn service(
+        &mut self,
+        key: &str,
+        raw: RawService,
+        tokens: &TokensConfig,
+    ) -> ServiceConfig {
+        if !valid_service_name(&raw.name) {
+            self.problem(
+                &format!("{key}.name"),
+                format!(
+                    "{:?} is not a valid service name (3 to 32 characters of a-z 0-9 -, starting with a letter, not ending with -)",
+                    raw.name
+                ),
+            );
+        }
+        let auth = match raw.auth.as_deref() {
+            None | Some("key") => AuthMode::Key,
+            Some("token") => AuthMode::Token,
+            Some("none") => AuthMode::None,
+            Some(other) => {
+                self.problem(
+                    &format!("{key}.auth"),
+                    format!("{other:?} is not one of \"key\", \"token\", \"none\" (key and token auth cannot both be on)"),
+                );
+                AuthMode::Key
+            }
+        };
+        if auth != AuthMode::Key && (raw.primary_key.is_some() || raw.secondary_key.is_some()) {
+            self.problem(
+                &format!("{key}.primary_key"),
+                format!(
+                    "preset keys need auth = \"key\" (this service has auth = {:?}; key and token auth are never both on)",
+                    auth.as_str()
+                ),
+            );
+        }
+        for (k, v) in [
+            ("primary_key", &raw.primary_key),
+            ("secondary_key", &raw.secondary_key),
+        ] {
+            if let Some(v) = v
+                && let Err(why) = validate_key_value(v)
+            {
+                self.problem(&format!("{key}.{k}"), why);
+            }
+        }
+        if raw.primary_key.is_some() && raw.primary_key == raw.secondary_key {
+            self.problem(
+                &format!("{key}.secondary_key"),
+                "must differ from primary_key",
+            );
+        }
+        if let Some(list) = &raw.trusted_issuers {
+            if auth != AuthMode::Token {
+                self.problem(
+                    &format!("{key}.trusted_issuers"),
+                    "only applies to auth = \"token\"",
+                );
+            }
+            for (i, iss) in list.iter().enumerate() {
+                if !tokens.trusted_issuers.iter().any(|t| &t.issuer == iss) {
+                    self.problem(
+                        &format!("{key}.trusted_issuers[{i}]"),
+                        format!("{iss:?} is not among [[tokens.trusted_issuers]]"),
+                    );
+                }
+            }
+        }
+        if raw.backends.is_empty() {
+            self.problem(&format!("{key}.backends"), "needs at least one backend URL");
+        }
+        let mut backends = Vec::with_capacity(raw.backends.len());
+        for (i, b) in raw.backends.iter().enumerate() {
+            match parse_backend(b) {
+                Ok(u) => backends.push(u),
+                Err(why) => self.problem(&format!("{key}.backends[{i}]"), why),
+            }
+        }
+        let backend_protocol = match raw.backend_protocol.as_deref() {
+            None | Some("http1") => BackendProtocol::Http1,
+            Some("h2c") => BackendProtocol::H2c,
+            Some(other) => {
+                self.problem(
+                    &format!("{key}.backend_protocol"),
+                    format!("{other:?} is not one of \"http1\", \"h2c\""),
+                );
+                BackendProtocol::Http1
+            }
+        };
+        let score_path = raw.score_path.unwrap_or_else(|| DEFAULT_SCORE_PATH.into());
+        if !score_path.starts_with('/') || score_path.contains(['?', '#', ' ']) {
+            self.problem(
+                &format!("{key}.score_path"),
+                format!("{score_path:?} must be a path starting with / (no query)"),
+            );
+        }
+        let scoring_timeout = self.duration(
+            &format!("{key}.scoring_timeout"),
+            raw.scoring_timeout.as_deref(),
+            DEFAULT_SCORING_TIMEOUT,
+        );
+        if scoring_timeout.is_zero() {
+            self.problem(&format!("{key}.scoring_timeout"), "must be more than 0s");
+        }
+        let max_body = self.size(
+            &format!("{key}.max_body"),
+            raw.max_body.as_deref(),
+            DEFAULT_MAX_BODY,
+        );
+        let max_request_wait_time = self.duration(
+            &format!("{key}.max_request_wait_time"),
+            raw.max_request_wait_time.as_deref(),
+            DEFAULT_MAX_REQUEST_WAIT,
+        );
+        let h = raw.health.unwrap_or_default();
+        let hd = HealthConfig::default();
+        let health = HealthConfig {
+            path: h.path.unwrap_or(hd.path),
+            period: self.duration(
+                &format!("{key}.health.period"),
+                h.period.as_deref(),
+                hd.period,
+            ),
+            timeout: self.duration(
+                &format!("{key}.health.timeout"),
+                h.timeout.as_deref(),
+                hd.timeout,
+            ),
+            failure_threshold: h.failure_threshold.unwrap_or(hd.failure_threshold),
+            success_threshold: h.success_threshold.unwrap_or(hd.success_threshold),
+            initial_delay: self.duration(
+                &format!("{key}.health.initial_delay"),
+                h.initial_delay.as_deref(),
+                hd.initial_delay,
+            ),
+        };
+        if !health.path.starts_with('/') {
+            self.problem(&format!("{key}.health.path"), "must start with /");
+        }
+        if health.period.is_zero() || health.timeout.is_zero() {
+            self.problem(
+                &format!("{key}.health"),
+                "period and timeout must be more than 0s",
+            );
+        }
+        if health.failure_threshold == 0 || health.success_threshold == 0 {
+            self.problem(&format!("{key}.health"), "thresholds must be at least 1");
+        }
+        ServiceConfig {
+            name: raw.name,
+            auth,
+            backends,
+            backend_protocol,
+            score_path,
+            scoring_timeout,
+            max_body,
+            max_concurrent_requests_per_backend: raw
+                .max_concurrent_requests_per_backend
+                .unwrap_or(DEFAULT_MAX_CONCURRENT_PER_BACKEND),
+            max_request_wait_time,
+            allow: self.cidrs(&format!("{key}.allow"), &raw.allow),
+            deny: self.cidrs(&format!("{key}.deny"), &raw.deny),
+            trusted_issuers: raw.trusted_issuers,
+            primary_key: raw.primary_key.map(Secret::new),
+            secondary_key: raw.secondary_key.map(Secret::new),
+            health,
+        }
+    }
+}
+
+/// A backend is `http://host:port` with no path: the gateway appends the route's path.
+pub fn parse_backend(s: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "{s:?} must start with http:// (backends are plain HTTP/1.1 or h2c on a private network)"
+        ));
+    }
+    if uri.host().is_none() {
+        return Err(format!("{s:?} has no host"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!(
+            "{s:?} must not carry user info (it would be sent in the Host header)"
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{s:?} must not have a path or query (use score_path)"
+        ));
+    }
+    Ok(uri)
+}
