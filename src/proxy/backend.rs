@@ -226,3 +226,17 @@ impl Drop for InFlight {
         self.0.release();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passive_backoff_doubles_up_to_the_cap() {
+        assert_eq!(backoff(0), PASSIVE_BACKOFF_MIN);
+        assert_eq!(backoff(1), PASSIVE_BACKOFF_MIN * 2);
+        assert_eq!(backoff(4), Duration::from_secs(16));
+        assert_eq!(backoff(5), PASSIVE_BACKOFF_MAX);
+        assert_eq!(backoff(40), PASSIVE_BACKOFF_MAX);
+    }
+}
