@@ -138,4 +138,31 @@ mod tests {
             assert!(!valid_service_name(bad), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        /// Whatever matches is exactly the canonical shape: prefix, a valid name, one of the two
+        /// endpoints — so no path matches after decoding or normalising.
+        #[test]
+        fn only_canonical_paths_match(path in "(/api/v1/service/)?[a-zA-Z0-9%./;_-]{0,24}(/score|/swagger.json|/)?") {
+            if let Some(r) = parse(&path) {
+                let suffix = match r.endpoint {
+                    Endpoint::Score => "/score",
+                    Endpoint::Swagger => "/swagger.json",
+                };
+                proptest::prop_assert_eq!(path.clone(), format!("{PREFIX}{}{suffix}", r.service));
+                proptest::prop_assert!(valid_service_name(r.service));
+                proptest::prop_assert!(!path.contains('%') && !path.contains("/./") && !path.contains("//"));
+            }
+        }
+
+        /// Every valid name routes, and any percent-encoding of one of its bytes does not.
+        #[test]
+        fn valid_names_route_and_encoded_ones_do_not(name in "[a-z][a-z0-9-]{1,30}[a-z0-9]", at in proptest::num::usize::ANY) {
+            let path = format!("{PREFIX}{name}/score");
+            proptest::prop_assert_eq!(parse(&path).map(|r| r.service), Some(name.as_str()));
+            let i = at % name.len();
+            let encoded = format!("{PREFIX}{}%{:02X}{}/score", &name[..i], name.as_bytes()[i], &name[i + 1..]);
+            proptest::prop_assert_eq!(parse(&encoded), None);
+        }
+    }
 }

@@ -125,4 +125,23 @@ mod tests {
             Err(AuthFailure::Malformed)
         );
     }
+
+    proptest::proptest! {
+        /// `Bearer <credential>` in any case of the scheme gives back the credential.
+        #[test]
+        fn bearer_round_trips(cred in "[!-~]{1,200}", scheme in "[bB][eE][aA][rR][eE][rR]") {
+            let headers = h(&[&format!("{scheme} {cred}")]);
+            proptest::prop_assert_eq!(bearer(&headers), Ok(cred.as_bytes()));
+        }
+
+        /// Any header value: never a panic, and a credential only behind a bearer scheme.
+        #[test]
+        fn any_header_value_is_safe(v in "[ -~]{0,64}") {
+            let headers = h(&[&v]);
+            if let Ok(c) = bearer(&headers) {
+                proptest::prop_assert!(v[..6].eq_ignore_ascii_case("bearer") && v.as_bytes()[6] == b' ');
+                proptest::prop_assert!(!c.is_empty() && v.trim_end().ends_with(std::str::from_utf8(c).unwrap()));
+            }
+        }
+    }
 }

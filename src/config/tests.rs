@@ -147,3 +147,82 @@ fn the_example_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/scoregate.toml");
     Config::load(&path).unwrap();
 }
+
+/// Keys whose values are strings the validator checks, with where they live.
+const STRING_KEYS: &[(&str, &str)] = &[
+    ("listen", "public_url"),
+    ("listen", "proxy_protocol"),
+    ("admin", "address"),
+    ("server", "drain_timeout"),
+    ("limits", "header_read_timeout"),
+    ("limits", "max_header_size"),
+    ("limits", "idle_timeout"),
+    ("limits", "tls_handshake_timeout"),
+    ("log", "format"),
+    ("tokens", "algorithm"),
+    ("tokens", "lifetime"),
+    ("tokens", "refresh_after"),
+    ("tokens", "leeway"),
+];
+
+/// Keys of the `[[service]]` entry, likewise.
+const SERVICE_KEYS: &[&str] = &[
+    "auth",
+    "backend_protocol",
+    "score_path",
+    "scoring_timeout",
+    "max_body",
+    "max_request_wait_time",
+    "primary_key",
+];
+
+/// A problem line names its key first: `listen.address[0]: ...`, `service[0].max_body: ...`.
+fn names_a_key(problem: &str) -> bool {
+    let key = problem.split(": ").next().unwrap_or("");
+    !key.is_empty()
+        && key.split('.').all(|part| {
+            let name = part.split('[').next().unwrap();
+            !name.is_empty() && name.bytes().all(|c| c.is_ascii_lowercase() || c == b'_')
+        })
+}
+
+proptest::proptest! {
+    /// Any text at all: an answer, never a panic.
+    #[test]
+    fn any_text_parses_or_fails_cleanly(text in "\\PC{0,400}") {
+        let _ = parse(&text);
+    }
+
+    /// Random string values for the checked keys: every problem reported names its key.
+    #[test]
+    fn every_problem_names_its_key(
+        globals in proptest::collection::vec((0..STRING_KEYS.len(), "[ -~&&[^\"\\\\]]{0,12}"), 0..6),
+        svc in proptest::collection::vec((0..SERVICE_KEYS.len(), "[ -~&&[^\"\\\\]]{0,12}"), 0..4),
+    ) {
+        let mut sections: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for (k, v) in &globals {
+            let (section, key) = STRING_KEYS[*k];
+            let lines = sections.entry(section).or_default();
+            if !lines.iter().any(|l| l.starts_with(&format!("{key} ="))) {
+                lines.push(format!("{key} = \"{v}\""));
+            }
+        }
+        let mut text = String::new();
+        for (section, lines) in &sections {
+            text += &format!("[{section}]\n{}\n", lines.join("\n"));
+        }
+        let mut service_lines = vec![];
+        for (k, v) in &svc {
+            let key = SERVICE_KEYS[*k];
+            if !service_lines.iter().any(|l: &String| l.starts_with(&format!("{key} ="))) {
+                service_lines.push(format!("{key} = \"{v}\""));
+            }
+        }
+        text += &MINIMAL.replace("name = \"iris\"", &format!("name = \"iris\"\n{}", service_lines.join("\n")));
+        if let Err(e) = parse(&text) {
+            for p in &e.problems {
+                proptest::prop_assert!(names_a_key(p), "{p}\n--- in ---\n{text}");
+            }
+        }
+    }
+}

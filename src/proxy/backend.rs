@@ -239,4 +239,14 @@ mod tests {
         assert_eq!(backoff(5), PASSIVE_BACKOFF_MAX);
         assert_eq!(backoff(40), PASSIVE_BACKOFF_MAX);
     }
+
+    proptest::proptest! {
+        /// The back-off never shrinks with more ejections and stays within its bounds.
+        #[test]
+        fn backoff_grows_within_bounds(k in 0u32..100) {
+            proptest::prop_assert!(backoff(k) >= PASSIVE_BACKOFF_MIN);
+            proptest::prop_assert!(backoff(k) <= PASSIVE_BACKOFF_MAX);
+            proptest::prop_assert!(backoff(k + 1) >= backoff(k));
+        }
+    }
 }

@@ -352,4 +352,41 @@ mod tests {
         let r = tokio::time::timeout(Duration::from_secs(5), waiter).await;
         assert_eq!(r.unwrap().unwrap().unwrap_err(), Refusal::NoBackend);
     }
+
+    proptest::proptest! {
+        /// Whatever the backends' health, load and the limit, a slot is given on a backend that
+        /// is available, not skipped and has room, and one is always given when such a backend
+        /// exists.
+        #[test]
+        fn the_choice_takes_only_a_usable_backend_with_room(
+            states in proptest::collection::vec((proptest::bool::ANY, 0usize..4), 1..6),
+            limit in 0usize..4,
+            skip in proptest::option::of(0usize..6),
+        ) {
+            let up = Upstream::new(backends(states.len()), BackendProtocol::Http1);
+            let mut held = Vec::new();
+            for (b, (healthy, load)) in up.backends.iter().zip(&states) {
+                b.healthy.store(*healthy, Ordering::Relaxed);
+                for _ in 0..*load {
+                    held.push(b.clone().try_take(0).unwrap());
+                }
+            }
+            let skip = skip.and_then(|i| up.backends.get(i)).cloned();
+            let fits = |b: &Arc<Backend>| {
+                b.is_available()
+                    && skip.as_ref().is_none_or(|s| !Arc::ptr_eq(s, b))
+                    && (limit == 0 || b.in_flight() < limit)
+            };
+            let any_fits = up.backends.iter().any(fits);
+            match up.attempt(skip.as_ref(), limit) {
+                Attempt::Slot(slot) => {
+                    let b = slot.backend().clone();
+                    drop(slot);
+                    proptest::prop_assert!(fits(&b));
+                }
+                Attempt::Full => proptest::prop_assert!(!any_fits),
+                Attempt::NoBackend => proptest::prop_assert!(!any_fits),
+            }
+        }
+    }
 }

@@ -359,3 +359,80 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn limits() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        }
+    }
+
+    async fn advance(s: u64) {
+        tokio::time::advance(Duration::from_secs(s)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_http1_connection_runs_out_of_header_time() {
+        let act = Activity::new(false);
+        let l = limits();
+        assert!(act.check(&l).is_ok());
+        advance(9).await;
+        assert!(act.check(&l).is_ok());
+        advance(1).await;
+        assert_eq!(act.check(&l), Err(Expired::HeaderRead));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_waits_idle_time_then_a_first_byte_starts_the_header_timer() {
+        let act = Arc::new(Activity::new(false));
+        let l = limits();
+        drop(InUse::begin(act.clone()));
+        // Idle after a request: only the idle timer runs.
+        advance(30).await;
+        assert!(act.check(&l).is_ok());
+        // A byte of the next request arrives: from now on the head must complete in time.
+        act.on_read();
+        advance(10).await;
+        assert_eq!(act.check(&l), Err(Expired::HeaderRead));
+        // Without a byte, the idle timer decides.
+        let act = Arc::new(Activity::new(false));
+        drop(InUse::begin(act.clone()));
+        advance(59).await;
+        assert!(act.check(&l).is_ok());
+        advance(1).await;
+        assert_eq!(act.check(&l), Err(Expired::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_expires_while_a_request_runs_but_a_blocked_write_does() {
+        let act = Arc::new(Activity::new(true));
+        let l = limits();
+        let busy = InUse::begin(act.clone());
+        advance(600).await;
+        assert!(act.check(&l).is_ok(), "a long request is not idle");
+        act.on_write(true);
+        advance(59).await;
+        assert!(act.check(&l).is_ok());
+        act.on_write(false);
+        advance(59).await;
+        assert!(act.check(&l).is_ok(), "a write that went through resets it");
+        act.on_write(true);
+        advance(60).await;
+        assert_eq!(act.check(&l), Err(Expired::Send));
+        drop(busy);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_look_is_never_past_a_deadline() {
+        let act = Activity::new(false);
+        let l = limits();
+        let next = act.check(&l).unwrap();
+        assert!(next <= Instant::now() + l.header_read_timeout);
+    }
+}
