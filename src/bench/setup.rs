@@ -4,7 +4,7 @@
 //! (certificate and config), the built-in backend and the gateway as a child process
 //! (`scoregate serve`), and removes all three when dropped — also on error, panic or Ctrl-C.
 //! This is the only part of the bench that uses the gateway's library (certificate generation,
-//! config validation, the crypto provider), besides the admin client.
+//! config validation, the crypto provider) and its admin client (readiness, a token).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,25 +13,23 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::header::HeaderValue;
+use http::{Method, StatusCode, Uri};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::backend::BackendGuard;
 use super::insecure::NoVerify;
 use super::procfs::cpu_ticks;
 use super::{AuthKind, BenchArgs, KEY1, KEY2};
+use crate::admin_client::{AdminClient, RawResponse};
 
 const SERVICE: &str = "iris";
 /// Built-in gateway: how long it may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// One admin call (a readiness poll, the token): the gateway is local and answers in milliseconds.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the load goes.
@@ -217,13 +215,15 @@ max_body = "1MiB"
             AuthKind::Key => KEY1.to_string(),
             AuthKind::Token => {
                 let admin_token = read_trimmed(&dir.0.join("admin-token"))?;
-                let (status, body) = admin_http(
-                    admin_addr,
-                    Method::POST,
-                    &format!("/v1/services/{SERVICE}/token"),
-                    Some(&admin_token),
-                )
-                .await?;
+                let RawResponse { status, body, .. } =
+                    AdminClient::for_addr(admin_addr, Some(admin_token))
+                        .with_timeout(ADMIN_TIMEOUT)
+                        .send(
+                            Method::POST,
+                            &format!("/v1/services/{SERVICE}/token"),
+                            Bytes::new(),
+                        )
+                        .await?;
                 let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 match v["accessToken"].as_str() {
                     Some(t) if status.is_success() => t.to_string(),
@@ -297,6 +297,7 @@ fn free_ports() -> std::io::Result<(u16, u16)> {
 
 /// Polls the admin API's `/readyz` until 200; fails early if the child exits.
 async fn wait_ready(admin: SocketAddr, child: &mut ChildGuard, log: &Path) -> anyhow::Result<()> {
+    let admin = AdminClient::for_addr(admin, None).with_timeout(ADMIN_TIMEOUT);
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = child.0.try_wait()? {
@@ -305,8 +306,8 @@ async fn wait_ready(admin: SocketAddr, child: &mut ChildGuard, log: &Path) -> an
                 log_tail(log)
             );
         }
-        if let Ok((s, _)) = admin_http(admin, Method::GET, "/readyz", None).await
-            && s == StatusCode::OK
+        if let Ok(r) = admin.send(Method::GET, "/readyz", Bytes::new()).await
+            && r.status == StatusCode::OK
         {
             return Ok(());
         }
@@ -325,36 +326,6 @@ fn log_tail(p: &Path) -> String {
     let s = std::fs::read_to_string(p).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// One plain-HTTP call to the admin API.
-async fn admin_http(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-) -> anyhow::Result<(StatusCode, Bytes)> {
-    let call = async {
-        let tcp = TcpStream::connect(addr).await?;
-        let (mut sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, addr.to_string());
-        if let Some(t) = token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let resp = sender
-            .send_request(b.body(Full::new(Bytes::new()))?)
-            .await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, body))
-    };
-    tokio::time::timeout(ADMIN_TIMEOUT, call)
-        .await
-        .map_err(|_| anyhow!("the admin API at {addr} did not answer in time"))?
 }
 
 /// The child gateway: killed (and reaped) when dropped, also on error, panic or Ctrl-C.
