@@ -18,7 +18,7 @@ use tokio_rustls::client::TlsStream;
 use super::BenchArgs;
 use super::load::{Ctx, connect, request_h1};
 use super::procfs::{clk_tck, cpu_ticks, rss_kb};
-use super::report;
+use super::report::{self, IdleReport};
 use super::setup::Setup;
 use super::stats::{Failure, Kind, Stats};
 
@@ -26,21 +26,6 @@ use super::stats::{Failure, Kind, Stats};
 const IDLE_CONCURRENCY: usize = 100;
 /// Idle mode: the opening phase as a whole is cut off after this.
 const IDLE_OPEN_LIMIT: Duration = Duration::from_secs(120);
-
-/// What idle mode measured.
-pub(super) struct IdleReport {
-    pub(super) requested: usize,
-    /// Held right after the handshake, without a request.
-    pub(super) fresh: bool,
-    pub(super) opened: usize,
-    pub(super) open_s: f64,
-    pub(super) hold: Duration,
-    pub(super) rss_before_kb: Option<u64>,
-    pub(super) rss_open_kb: Option<u64>,
-    pub(super) rss_after_close_kb: Option<u64>,
-    /// Gateway CPU while opening (handshake + one request per connection).
-    pub(super) cpu_open_s: Option<f64>,
-}
 
 /// A held connection: the TLS stream itself (fresh), or the sender of the hyper connection whose
 /// task drives it (after a request); the task ends when this is dropped.

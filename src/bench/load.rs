@@ -70,6 +70,22 @@ impl Ctx {
     async fn backoff(&self) {
         tokio::time::sleep_until((Instant::now() + CONNECT_BACKOFF).min(self.phase.end)).await;
     }
+
+    /// Records one outcome that began at `t0`: always in the live counters, and in `st` if it
+    /// completed inside the measured window.
+    pub(super) fn record<T>(&self, st: &mut Stats, t0: Instant, r: &Result<T, Failure>) {
+        let now = Instant::now();
+        let live = if r.is_ok() {
+            &self.live.ok
+        } else {
+            &self.live.errors
+        };
+        live.fetch_add(1, Ordering::Relaxed);
+        if now < self.phase.warm_end || now >= self.phase.end {
+            return;
+        }
+        st.add(now - t0, r);
+    }
 }
 
 pub(super) struct ReqTemplate {
@@ -174,7 +190,7 @@ pub(super) async fn h1_worker(ctx: Arc<Ctx>) -> Stats {
         let tls = match connect_bounded(&ctx, t0).await {
             Ok(s) => s,
             Err(f) => {
-                st.done::<()>(&ctx, t0, &Err(f));
+                ctx.record::<()>(&mut st, t0, &Err(f));
                 ctx.backoff().await;
                 continue;
             }
@@ -182,7 +198,7 @@ pub(super) async fn h1_worker(ctx: Arc<Ctx>) -> Stats {
         let (mut sender, conn) = match http1::handshake(TokioIo::new(tls)).await {
             Ok(x) => x,
             Err(e) => {
-                st.done::<()>(&ctx, t0, &Err(Failure::hyper(e)));
+                ctx.record::<()>(&mut st, t0, &Err(Failure::hyper(e)));
                 continue;
             }
         };
@@ -199,7 +215,7 @@ pub(super) async fn h1_worker(ctx: Arc<Ctx>) -> Stats {
                 Ok(close) => !close,
                 Err(f) => !f.reconnect(),
             };
-            st.done(&ctx, t, &r);
+            ctx.record(&mut st, t, &r);
             if conn_done || !again {
                 break;
             }
@@ -232,21 +248,21 @@ pub(super) async fn h2_worker(ctx: Arc<Ctx>) -> Stats {
         let tls = match connect_bounded(&ctx, t0).await {
             Ok(s) => s,
             Err(f) => {
-                st.done::<()>(&ctx, t0, &Err(f));
+                ctx.record::<()>(&mut st, t0, &Err(f));
                 ctx.backoff().await;
                 continue;
             }
         };
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             let f = Failure::new(Kind::Tls, "the server did not choose h2 (ALPN)");
-            st.done::<()>(&ctx, t0, &Err(f));
+            ctx.record::<()>(&mut st, t0, &Err(f));
             ctx.backoff().await;
             continue;
         }
         let (sender, conn) = match http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await {
             Ok(x) => x,
             Err(e) => {
-                st.done::<()>(&ctx, t0, &Err(Failure::hyper(e)));
+                ctx.record::<()>(&mut st, t0, &Err(Failure::hyper(e)));
                 continue;
             }
         };
@@ -277,7 +293,7 @@ async fn h2_stream(ctx: Arc<Ctx>, mut sender: http2::SendRequest<Full<Bytes>>) -
         let r = tokio::time::timeout_at(ctx.deadline(t), one)
             .await
             .unwrap_or_else(|_| Err(Failure::new(Kind::Timeout, "request timed out")));
-        st.done(&ctx, t, &r);
+        ctx.record(&mut st, t, &r);
         if sender.is_closed() {
             break;
         }
@@ -298,7 +314,7 @@ pub(super) async fn handshake_worker(ctx: Arc<Ctx>) -> Stats {
             )),
         };
         let back_off = matches!(&r, Err(f) if matches!(f.kind, Kind::Connect | Kind::Tls));
-        st.done(&ctx, t0, &r);
+        ctx.record(&mut st, t0, &r);
         if back_off {
             ctx.backoff().await;
         }

@@ -325,9 +325,9 @@ async fn bench(args: &BenchArgs, client_threads: usize) -> anyhow::Result<Report
     }
     let progress = (!args.quiet).then(|| tokio::spawn(load::progress(ctx.clone(), start)));
     tokio::time::sleep_until(warm_end).await;
-    let before = Snapshot::take(&setup);
+    let before = Snapshot::take(setup.gateway_pid, setup.backend_tid);
     tokio::time::sleep_until(end).await;
-    let after = Snapshot::take(&setup);
+    let after = Snapshot::take(setup.gateway_pid, setup.backend_tid);
     report.rss_kb = setup.gateway_pid.and_then(procfs::rss_kb);
     let limit = ctx.phase.hard_end + Duration::from_secs(5);
     loop {

@@ -4,8 +4,6 @@
 
 use tokio::time::Instant;
 
-use super::setup::Setup;
-
 /// The calling thread's kernel id (`/proc/thread-self` → `PID/task/TID`).
 pub(super) fn thread_id() -> Option<u32> {
     std::fs::read_link("/proc/thread-self")
@@ -59,14 +57,14 @@ pub(super) struct Snapshot {
 }
 
 impl Snapshot {
-    pub(super) fn take(setup: &Setup) -> Snapshot {
+    /// The gateway's counters by its PID (if known), this process's, and the built-in backend's
+    /// thread's (if any).
+    pub(super) fn take(gateway_pid: Option<u32>, backend_tid: Option<u32>) -> Snapshot {
         Snapshot {
             at: Instant::now(),
-            gateway: setup.gateway_pid.and_then(cpu_ticks),
+            gateway: gateway_pid.and_then(cpu_ticks),
             own: stat_ticks("/proc/self/stat"),
-            backend: setup
-                .backend_tid
-                .and_then(|t| stat_ticks(&format!("/proc/self/task/{t}/stat"))),
+            backend: backend_tid.and_then(|t| stat_ticks(&format!("/proc/self/task/{t}/stat"))),
         }
     }
 }

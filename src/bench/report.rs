@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::Mode;
-use super::idle::IdleReport;
 use super::procfs::CpuUse;
 use super::stats::Stats;
 
@@ -32,6 +31,21 @@ pub(super) struct Report {
     pub(super) rss_kb: Option<u64>,
     pub(super) idle: Option<IdleReport>,
     pub(super) notes: Vec<String>,
+}
+
+/// What idle mode measured.
+pub(super) struct IdleReport {
+    pub(super) requested: usize,
+    /// Held right after the handshake, without a request.
+    pub(super) fresh: bool,
+    pub(super) opened: usize,
+    pub(super) open_s: f64,
+    pub(super) hold: Duration,
+    pub(super) rss_before_kb: Option<u64>,
+    pub(super) rss_open_kb: Option<u64>,
+    pub(super) rss_after_close_kb: Option<u64>,
+    /// Gateway CPU while opening (handshake + one request per connection).
+    pub(super) cpu_open_s: Option<f64>,
 }
 
 fn ms(us: u64) -> f64 {

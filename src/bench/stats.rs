@@ -3,13 +3,10 @@
 //! kind to say why. Tasks merge theirs at the end of the run.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::time::Instant;
-
-use super::load::Ctx;
 
 /// Latency histogram range: 1 µs .. 60 s, 3 significant digits.
 const HIST_MAX_US: u64 = 60_000_000;
@@ -169,23 +166,12 @@ impl Stats {
         }
     }
 
-    /// Records one outcome that began at `t0`, if it completed inside the measured window.
-    pub(super) fn done<T>(&mut self, ctx: &Ctx, t0: Instant, r: &Result<T, Failure>) {
-        let now = Instant::now();
-        let live = if r.is_ok() {
-            &ctx.live.ok
-        } else {
-            &ctx.live.errors
-        };
-        live.fetch_add(1, Ordering::Relaxed);
-        if now < ctx.phase.warm_end || now >= ctx.phase.end {
-            return;
-        }
+    /// Adds one outcome that took `took` (the caller decides whether it counts: `Ctx::record`).
+    pub(super) fn add<T>(&mut self, took: Duration, r: &Result<T, Failure>) {
         match r {
             Ok(_) => {
                 self.ok += 1;
-                self.hist
-                    .saturating_record((now - t0).as_micros().max(1) as u64);
+                self.hist.saturating_record(took.as_micros().max(1) as u64);
             }
             Err(f) => self.errors.add(f),
         }
