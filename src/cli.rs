@@ -1,5 +1,5 @@
-//! CLI commands other than `serve` and `demo`: `check`, and the admin API client behind
-//! `service`, `keys` and `token`.
+//! CLI commands other than `serve` and `demo`: `check`, and `service`, `keys` and `token`, which
+//! call the admin API through [`crate::admin_client`].
 //!
 //! The admin address comes from `--admin URL`, else the config's `admin.address`; the admin token
 //! from `--admin-token-file`, `SCOREGATE_ADMIN_TOKEN`, or the config's `admin.token_file`, in that
@@ -7,19 +7,14 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+use crate::admin_client::AdminClient;
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
-
-/// How long an admin call may take before the CLI gives up.
-const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Args, Debug, Clone)]
 pub struct AdminArgs {
@@ -114,22 +109,17 @@ pub fn admin_call(
     out: Output,
 ) -> anyhow::Result<()> {
     let (base, token) = resolve(args)?;
+    // Bounded by the client's default timeout (`admin_client::DEFAULT_TIMEOUT`, 30 s).
+    let client = AdminClient::new(&base, Some(token))?;
+    let method = http::Method::from_bytes(method.as_bytes()).context("bad HTTP method")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (status, v) = rt
-        .block_on(async {
-            tokio::time::timeout(
-                ADMIN_CALL_TIMEOUT,
-                request(&base, &token, method, path, body),
-            )
-            .await
-        })
-        .map_err(|_| anyhow::anyhow!("the admin API at {base} did not answer in time"))??;
-    if !(200..300).contains(&status) {
+    let (status, v) = rt.block_on(client.call(method, path, body))?;
+    if !status.is_success() {
         let msg = v["error"]["message"].as_str().unwrap_or("(no message)");
         let code = v["error"]["code"].as_str().unwrap_or("Error");
-        bail!("{status} {code}: {msg}");
+        bail!("{} {code}: {msg}", status.as_u16());
     }
     let text = match out {
         Output::Json => serde_json::to_string_pretty(&v)?,
@@ -191,44 +181,6 @@ pub fn regen(
             Output::Json
         },
     )
-}
-
-async fn request(
-    base: &str,
-    token: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> anyhow::Result<(u16, Value)> {
-    let uri: http::Uri = format!("{base}{path}").parse().context("bad admin URL")?;
-    anyhow::ensure!(
-        uri.scheme_str() == Some("http"),
-        "the admin API speaks plain http://"
-    );
-    let authority = uri
-        .authority()
-        .context("admin URL needs host:port")?
-        .clone();
-    let port = authority.port_u16().unwrap_or(80);
-    let tcp = tokio::net::TcpStream::connect((authority.host(), port))
-        .await
-        .with_context(|| format!("cannot connect to the admin API at {base}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-        .header("host", authority.as_str())
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(bytes)))?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    let v = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
-    Ok((status, v))
 }
 
 /// `scoregate check`: validates config and certificates and prints what would be served.

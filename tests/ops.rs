@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::metrics::{metrics, value};
 use common::*;
-use http::Request;
+use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
+use scoregate::admin_client::AdminClient;
 use scoregate::certgen::LeafOptions;
 use scoregate::config::Config;
 use tokio::net::TcpStream;
@@ -1017,22 +1018,9 @@ impl Running {
 
     /// `/readyz` status, or `None` when the admin listener does not answer.
     async fn readyz(&self) -> Option<u16> {
-        let fut = async {
-            let tcp = TcpStream::connect(self.admin).await.ok()?;
-            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .ok()?;
-            tokio::spawn(conn);
-            let req = Request::get("/readyz")
-                .header("host", "admin")
-                .body(Full::<Bytes>::default())
-                .unwrap();
-            Some(tx.send_request(req).await.ok()?.status().as_u16())
-        };
-        tokio::time::timeout(Duration::from_secs(2), fut)
-            .await
-            .ok()
-            .flatten()
+        let client = AdminClient::for_addr(self.admin, None).with_timeout(Duration::from_secs(2));
+        let r = client.send(Method::GET, "/readyz", Bytes::new()).await;
+        r.ok().map(|r| r.status.as_u16())
     }
 
     /// Waits for the process to exit; its status and how long that took.

@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject;
+use scoregate::admin_client::AdminClient;
 use scoregate::certgen::{Ca, Leaf, LeafOptions};
 use scoregate::config::{AuthMode, CertificateConfig, Config, ServiceConfig};
 use scoregate::server::Server;
@@ -593,8 +594,8 @@ pub fn leaf_serial(leaf: &Leaf) -> String {
     serial_of(der.as_ref())
 }
 
-/// One request to an admin listener (plain HTTP/1.1), fully read; `token` goes in
-/// `Authorization: Bearer`. Bounded by `STEP`.
+/// One request to an admin listener through the gateway's own admin client, fully read; `token`
+/// goes in `Authorization: Bearer`. Bounded by `STEP`.
 pub async fn admin_request(
     addr: SocketAddr,
     method: &str,
@@ -602,34 +603,16 @@ pub async fn admin_request(
     token: Option<&str>,
     body: &str,
 ) -> Resp {
-    let fut = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .expect("connect to the admin listener");
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "admin");
-        if let Some(t) = token {
-            b = b.header("authorization", format!("Bearer {t}"));
-        }
-        let resp = tx
-            .send_request(b.body(Full::new(Bytes::from(body.to_string()))).unwrap())
-            .await
-            .expect("admin response");
-        let (parts, body) = resp.into_parts();
-        Resp {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: body.collect().await.expect("admin body").to_bytes(),
-            version: parts.version,
-        }
-    };
-    tokio::time::timeout(STEP, fut)
+    let client = AdminClient::for_addr(addr, token.map(str::to_string)).with_timeout(STEP);
+    let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = client
+        .send(method, path, Bytes::from(body.to_string()))
         .await
-        .expect("admin request timed out")
+        .unwrap_or_else(|e| panic!("admin request {path}: {e:#}"));
+    Resp {
+        status: r.status.as_u16(),
+        headers: r.headers,
+        body: r.body,
+        version: http::Version::HTTP_11,
+    }
 }

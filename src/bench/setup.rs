@@ -1,0 +1,384 @@
+//! The bench's setup: where the load goes, which TLS roots it trusts, and the credential it sends.
+//!
+//! For `--target` that is a gateway already running; for the built-in run `Setup` owns a temp dir
+//! (certificate and config), the built-in backend and the gateway as a child process
+//! (`scoregate serve`), and removes all three when dropped — also on error, panic or Ctrl-C.
+//! This is the only part of the bench that uses the gateway's library (certificate generation,
+//! config validation, the crypto provider) and its admin client (readiness, a token).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{Method, StatusCode, Uri};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::backend::BackendGuard;
+use super::insecure::NoVerify;
+use super::procfs::cpu_ticks;
+use super::{AuthKind, BenchArgs, KEY1, KEY2};
+use crate::admin_client::{AdminClient, RawResponse};
+
+const SERVICE: &str = "iris";
+/// Built-in gateway: how long it may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// One admin call (a readiness poll, the token): the gateway is local and answers in milliseconds.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the load goes.
+pub(super) struct Target {
+    pub(super) url: String,
+    pub(super) addr: SocketAddr,
+    pub(super) authority: http::uri::Authority,
+    pub(super) path: http::uri::PathAndQuery,
+    pub(super) server_name: ServerName<'static>,
+}
+
+pub(super) enum Verify {
+    Roots(Arc<rustls::RootCertStore>),
+    Insecure,
+}
+
+pub(super) struct Setup {
+    pub(super) target: Target,
+    pub(super) verify: Verify,
+    pub(super) auth: Option<HeaderValue>,
+    pub(super) auth_label: &'static str,
+    pub(super) gateway_label: String,
+    pub(super) gateway_pid: Option<u32>,
+    pub(super) backend_tid: Option<u32>,
+    // Dropped in this order: the gateway is killed, then the backend stops, then the files go.
+    _child: Option<ChildGuard>,
+    _backend: Option<BackendGuard>,
+    _dir: Option<TempDir>,
+}
+
+impl Setup {
+    /// A gateway that is already running.
+    pub(super) async fn external(args: &BenchArgs, url: &str) -> anyhow::Result<Setup> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("--target {url:?} is not a URL"))?;
+        if uri.scheme_str() != Some("https") {
+            bail!("--target must be an https:// URL");
+        }
+        let authority = uri.authority().context("--target has no host")?.clone();
+        let host = authority.host().trim_matches(['[', ']']).to_string();
+        let port = authority.port_u16().unwrap_or(443);
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .with_context(|| format!("cannot resolve {host}"))?
+            .next()
+            .with_context(|| format!("{host} has no address"))?;
+        let path = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let sni = args.sni.clone().unwrap_or(host);
+        let server_name = ServerName::try_from(sni.clone())
+            .map_err(|_| anyhow!("{sni:?} is not a valid TLS server name"))?;
+        let verify = if args.insecure {
+            Verify::Insecure
+        } else if let Some(ca) = &args.ca {
+            Verify::Roots(Arc::new(roots_from_pem(ca)?))
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+            Verify::Roots(Arc::new(roots))
+        };
+        let given = [
+            args.key.is_some(),
+            args.key_file.is_some(),
+            args.token_file.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            bail!("give at most one of --key, --key-file, --token-file");
+        }
+        let (credential, auth_label) = if let Some(k) = &args.key {
+            (Some(k.clone()), "key")
+        } else if let Some(f) = &args.key_file {
+            (Some(read_trimmed(f)?), "key")
+        } else if let Some(f) = &args.token_file {
+            (Some(read_trimmed(f)?), "token")
+        } else {
+            (None, "none")
+        };
+        let gateway_label = match args.pid {
+            Some(pid) => {
+                if cpu_ticks(pid).is_none() {
+                    bail!("--pid {pid}: no such process (or /proc is not readable)");
+                }
+                format!("gateway pid {pid}")
+            }
+            None => "running gateway, no --pid: CPU and RSS not measured".into(),
+        };
+        Ok(Setup {
+            target: Target {
+                url: url.to_string(),
+                addr,
+                authority,
+                path,
+                server_name,
+            },
+            verify,
+            auth: credential.map(|c| bearer(&c)).transpose()?,
+            auth_label,
+            gateway_label,
+            gateway_pid: args.pid,
+            backend_tid: None,
+            _child: None,
+            _backend: None,
+            _dir: None,
+        })
+    }
+
+    /// Throwaway certificate, built-in backend, and the gateway as a child process.
+    pub(super) async fn builtin(args: &BenchArgs) -> anyhow::Result<Setup> {
+        let dir = TempDir::new()?;
+        let certs = crate::certgen::write_demo_certs(&dir.0.join("certs"), &["localhost"])?;
+        let backend = BackendGuard::start()?;
+        let (port, admin_port) = free_ports()?;
+        let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let auth = match args.auth {
+            AuthKind::Key => "key",
+            AuthKind::Token => "token",
+        };
+        let keys = match args.auth {
+            AuthKind::Key => format!("primary_key = \"{KEY1}\"\nsecondary_key = \"{KEY2}\"\n"),
+            AuthKind::Token => String::new(),
+        };
+        let toml = format!(
+            r#"# Written by `scoregate bench` for one run; removed with its folder afterwards.
+[listen]
+address = "127.0.0.1:{port}"
+
+[[tls.certificates]]
+cname = "localhost"
+cert = "certs/fullchain.pem"
+key = "certs/key.pem"
+
+[admin]
+address = "{admin_addr}"
+token_file = "admin-token"
+
+[state]
+dir = "state"
+
+[runtime]
+worker_threads = {threads}
+
+[server]
+drain_timeout = "1s"
+
+[log]
+access = {access}
+
+[[service]]
+name = "{SERVICE}"
+auth = "{auth}"
+backends = ["http://{backend}"]
+max_body = "1MiB"
+{keys}"#,
+            threads = args.gateway_threads,
+            access = args.access_log,
+            backend = backend.addr,
+        );
+        let config_path = dir.0.join("scoregate.toml");
+        crate::config::Config::parse(&toml, &config_path)
+            .map_err(|e| anyhow!("the bench's own gateway config is invalid: {e}"))?;
+        std::fs::write(&config_path, &toml)?;
+        let log_path = dir.0.join("gateway.log");
+        let log = std::fs::File::create(&log_path)?;
+        let exe = std::env::current_exe().context("cannot find the scoregate binary")?;
+        let child = std::process::Command::new(&exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {} serve", exe.display()))?;
+        let mut child = ChildGuard(child);
+        let pid = child.0.id();
+        wait_ready(admin_addr, &mut child, &log_path).await?;
+        let credential = match args.auth {
+            AuthKind::Key => KEY1.to_string(),
+            AuthKind::Token => {
+                let admin_token = read_trimmed(&dir.0.join("admin-token"))?;
+                let RawResponse { status, body, .. } =
+                    AdminClient::for_addr(admin_addr, Some(admin_token))
+                        .with_timeout(ADMIN_TIMEOUT)
+                        .send(
+                            Method::POST,
+                            &format!("/v1/services/{SERVICE}/token"),
+                            Bytes::new(),
+                        )
+                        .await?;
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                match v["accessToken"].as_str() {
+                    Some(t) if status.is_success() => t.to_string(),
+                    _ => bail!(
+                        "the gateway's admin API gave no token ({status}): {}",
+                        String::from_utf8_lossy(&body)
+                    ),
+                }
+            }
+        };
+        let threads = if args.gateway_threads == 0 {
+            "one worker thread per core".to_string()
+        } else {
+            format!("{} worker thread(s)", args.gateway_threads)
+        };
+        let sni = args.sni.clone().unwrap_or_else(|| "localhost".into());
+        Ok(Setup {
+            target: Target {
+                url: format!("https://localhost:{port}/api/v1/service/{SERVICE}/score"),
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                authority: format!("localhost:{port}").parse()?,
+                path: format!("/api/v1/service/{SERVICE}/score").parse()?,
+                server_name: ServerName::try_from(sni.clone())
+                    .map_err(|_| anyhow!("{sni:?} is not a valid TLS server name"))?,
+            },
+            verify: Verify::Roots(Arc::new(roots_from_pem(&certs.ca)?)),
+            auth: Some(bearer(&credential)?),
+            auth_label: auth,
+            gateway_label: format!("built-in gateway pid {pid}, {threads}"),
+            gateway_pid: Some(pid),
+            backend_tid: backend.tid,
+            _child: Some(child),
+            _backend: Some(backend),
+            _dir: Some(dir),
+        })
+    }
+}
+
+fn bearer(credential: &str) -> anyhow::Result<HeaderValue> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {credential}"))
+        .context("the credential is not a valid header value")?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+fn read_trimmed(p: &Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(p)
+        .with_context(|| format!("cannot read {}", p.display()))?
+        .trim()
+        .to_string())
+}
+
+fn roots_from_pem(p: &Path) -> anyhow::Result<rustls::RootCertStore> {
+    let pem = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.with_context(|| format!("{}: bad PEM", p.display()))?)?;
+    }
+    if roots.is_empty() {
+        bail!("{}: no certificate in it", p.display());
+    }
+    Ok(roots)
+}
+
+/// Two distinct free loopback ports (bound together, then released for the child to take).
+fn free_ports() -> std::io::Result<(u16, u16)> {
+    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+}
+
+/// Polls the admin API's `/readyz` until 200; fails early if the child exits.
+async fn wait_ready(admin: SocketAddr, child: &mut ChildGuard, log: &Path) -> anyhow::Result<()> {
+    let admin = AdminClient::for_addr(admin, None).with_timeout(ADMIN_TIMEOUT);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = child.0.try_wait()? {
+            bail!(
+                "the gateway exited at start ({status}); its log:\n{}",
+                log_tail(log)
+            );
+        }
+        if let Ok(r) = admin.send(Method::GET, "/readyz", Bytes::new()).await
+            && r.status == StatusCode::OK
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the gateway was not ready within {}s; its log:\n{}",
+                READY_TIMEOUT.as_secs(),
+                log_tail(log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn log_tail(p: &Path) -> String {
+    let s = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// The child gateway: killed (and reaped) when dropped, also on error, panic or Ctrl-C.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A temp dir removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        let d = std::env::temp_dir().join(format!(
+            "scoregate-bench-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&d)?;
+        Ok(TempDir(d))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The load generator's TLS client: the trusted roots (or, with `--insecure`, no verification),
+/// one ALPN protocol, and session resumption on or off.
+pub(super) fn client_config(
+    verify: &Verify,
+    alpn: &[u8],
+    resumption: bool,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = crate::crypto::provider().clone();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)?;
+    let mut cfg = match verify {
+        Verify::Roots(r) => builder.with_root_certificates(r.clone()),
+        Verify::Insecure => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider))),
+    }
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    if !resumption {
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(Arc::new(cfg))
+}
