@@ -48,21 +48,23 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 
 # Dependencies first, against placeholder sources, so that a change to the code does not rebuild
-# them. Cargo.toml names two benches, which must exist for the manifest to load.
+# them. Cargo.toml names two benches and the test-harness workspace member, which must exist for
+# the manifest to load.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
+COPY testkit/Cargo.toml testkit/
+RUN mkdir -p src benches testkit/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs testkit/src/lib.rs \
     && echo 'fn main() {}' > benches/hot_path.rs \
     && echo 'fn main() {}' > benches/handshake.rs \
-    && cargo build --release --locked \
-    && rm -rf src benches
+    && cargo build --release --locked -p scoregate \
+    && rm -rf src benches testkit/src
 
 # The real sources. COPY keeps the files' own times, which may be older than the placeholder
 # build: touch the crate roots so cargo rebuilds the crate itself.
 COPY . .
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked -p scoregate \
     && cp target/release/scoregate /usr/local/bin/scoregate
 
 # ---- runtime -------------------------------------------------------------------------------

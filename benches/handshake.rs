@@ -2,6 +2,8 @@
 //! resumed ones, in memory, timing only the server side's work, for aws-lc-rs and ring, with an
 //! ECDSA P-256 and an RSA 2048 certificate. This is the measurement behind the README's
 //! "Crypto provider" section. Run: `cargo bench --bench handshake`.
+// Criterion timing measures real time outside any runtime.
+#![allow(clippy::disallowed_types)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -95,7 +95,7 @@ fn resolve(args: &AdminArgs) -> anyhow::Result<(String, String)> {
 }
 
 fn read_token(p: &Path) -> anyhow::Result<String> {
-    let t = std::fs::read_to_string(p)
+    let t = crate::files::read_text_capped(p, crate::files::MAX_SMALL_FILE)
         .with_context(|| format!("cannot read admin token file {}", p.display()))?;
     Ok(t.trim().to_string())
 }

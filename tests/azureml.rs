@@ -5,8 +5,8 @@
 //! Needs `SCOREGATE_AZMLINFSRV`, the path of an `azmlinfsrv` executable in a venv that also has
 //! `requests` (`scripts/azureml-venv.sh` makes one and prints it; `scripts/test.sh` sets it). Without
 //! it the test is skipped, except under `CI`, where it fails.
-
-mod common;
+// Integration tests read fixture files and time real sockets with the wall clock.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,10 +14,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use scoregate::config::AuthMode;
+use scoregate_testkit::*;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 

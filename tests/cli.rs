@@ -1,14 +1,14 @@
 //! The `scoregate` binary: `check` on good and bad configs, and the admin CLI commands against a
 //! running gateway.
-
-mod common;
+// Integration tests read fixture files and time real sockets with the wall clock.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
 use scoregate::certgen::LeafOptions;
 use scoregate::config::AuthMode;
+use scoregate_testkit::*;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_scoregate"))

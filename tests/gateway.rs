@@ -1,11 +1,11 @@
 //! The core request path against the real gateway: routing, key auth, forwarding rules, errors.
-
-mod common;
+// Integration tests read fixture files and time real sockets with the wall clock.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use scoregate::config::AuthMode;
+use scoregate_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BODY: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;

@@ -1,16 +1,16 @@
 //! The observe phase: every request is recorded exactly once — in the access log and in
 //! `scoregate_requests_total` — however it ends, and the response, the log and the metric always
 //! agree on its status and code.
-
-mod common;
+// Integration tests read fixture files and time real sockets with the wall clock.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::metrics::{metrics, value};
-use common::*;
 use scoregate::config::AuthMode;
+use scoregate_testkit::metrics::{metrics, value};
+use scoregate_testkit::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -5,8 +5,8 @@
 //!
 //! The gateways here start from a config *file* (reload re-reads it). Timing-sensitive tests run
 //! one at a time (`SERIAL`), with generous windows: CI has two shared cores.
-
-mod common;
+// Integration tests read fixture files and time real sockets with the wall clock.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -17,8 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::metrics::{metrics, value};
-use common::*;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,6 +24,8 @@ use rustls_pki_types::ServerName;
 use scoregate::admin_client::AdminClient;
 use scoregate::certgen::LeafOptions;
 use scoregate::config::Config;
+use scoregate_testkit::metrics::{metrics, value};
+use scoregate_testkit::*;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 

@@ -4,8 +4,8 @@
 //!
 //! These tests measure time, so they run one at a time (`SERIAL`), assert lower bounds tightly
 //! and upper bounds loosely, and poll with bounded loops instead of sleeping a fixed time.
-
-mod common;
+// Integration tests read fixture files and time real sockets with the wall clock.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use scoregate::config::{AuthMode, HealthConfig, ServiceConfig};
 use scoregate::proxy::upstream::Backend as GwBackend;
 use scoregate::state::Service;
+use scoregate_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;

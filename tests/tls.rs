@@ -1,17 +1,17 @@
 //! TLS: certificate loading (key forms, mismatches, empty chains, expiry) and SNI choice.
-
-mod common;
+// Integration tests read fixture files and time real sockets with the wall clock.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::*;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use scoregate::certgen::LeafOptions;
 use scoregate::config::{AuthMode, CertificateConfig, Config};
+use scoregate_testkit::*;
 
 /// Accepts any certificate, so a test can look at what the server presents for any name.
 #[derive(Debug)]

@@ -1,15 +1,15 @@
 //! Token mode against the real gateway: issuance, every attack the issue lists, trusted external
 //! issuers (JWKS file with reload, JWKS URL with refetch on an unknown kid), admin auth.
-
-mod common;
+// Integration tests read fixture files and time real sockets with the wall clock.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use scoregate::config::{AuthMode, Config};
+use scoregate_testkit::*;
 use serde_json::{Value, json};
 
 const BODY: &str = "{}";

@@ -216,11 +216,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A request body file larger than this is refused (the gateway's default `max_body` is 100 MiB).
+const MAX_BODY_FILE: u64 = 1 << 30;
+
 async fn bench(args: &BenchArgs, client_threads: usize) -> anyhow::Result<Report> {
     let body = match &args.body {
-        Some(p) => {
-            Bytes::from(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
-        }
+        Some(p) => Bytes::from(
+            crate::files::read_capped(p, MAX_BODY_FILE)
+                .with_context(|| format!("cannot read {}", p.display()))?,
+        ),
         None => Bytes::from_static(BODY.as_bytes()),
     };
     // `setup` owns the child gateway, the backend and the temp dir: all go when it drops.

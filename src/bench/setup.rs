@@ -270,14 +270,17 @@ fn bearer(credential: &str) -> anyhow::Result<HeaderValue> {
 }
 
 fn read_trimmed(p: &Path) -> anyhow::Result<String> {
-    Ok(std::fs::read_to_string(p)
-        .with_context(|| format!("cannot read {}", p.display()))?
-        .trim()
-        .to_string())
+    Ok(
+        crate::files::read_text_capped(p, crate::files::MAX_SMALL_FILE)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .trim()
+            .to_string(),
+    )
 }
 
 fn roots_from_pem(p: &Path) -> anyhow::Result<rustls::RootCertStore> {
-    let pem = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let pem = crate::files::read_capped(p, crate::files::MAX_PEM_FILE)
+        .with_context(|| format!("cannot read {}", p.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(&pem) {
         roots.add(c.with_context(|| format!("{}: bad PEM", p.display()))?)?;
@@ -323,7 +326,7 @@ async fn wait_ready(admin: SocketAddr, child: &mut ChildGuard, log: &Path) -> an
 }
 
 fn log_tail(p: &Path) -> String {
-    let s = std::fs::read_to_string(p).unwrap_or_default();
+    let s = crate::files::read_text_capped(p, crate::files::MAX_STORE_FILE).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }

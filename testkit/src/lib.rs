@@ -1,6 +1,8 @@
-//! Test harness: the real gateway on 127.0.0.1:0, backends that record what they receive, and
-//! real TLS clients (rustls) that trust a throwaway test CA. Every wait is bounded.
-#![allow(dead_code)]
+//! scoregate's integration-test harness: the real gateway on 127.0.0.1:0, backends that record
+//! what they receive, and real TLS clients (rustls) that trust a throwaway test CA. Every wait is
+//! bounded. A crate of its own, so that each test file uses what it needs without dead code.
+// Tests read fixture files and time real sockets with the wall clock.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod metrics;
 
@@ -271,6 +273,12 @@ pub async fn dead_port() -> SocketAddr {
 pub struct Pki {
     pub ca: Ca,
     pub dir: PathBuf,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Pki {
