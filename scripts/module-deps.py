@@ -25,8 +25,9 @@ FORBIDDEN = {
     "store": {"state", "gateway", "server", "admin", "reload", "auth", "proxy", "cli", "bench", "demo"},
     "auth": {"state", "gateway", "server", "admin", "reload", "proxy", "cli", "bench", "demo"},
     "tls": {"state", "gateway", "server", "admin", "reload", "auth", "proxy", "store", "cli", "bench", "demo"},
-    "state": {"gateway", "server", "admin", "reload", "cli", "bench", "demo"},
-    "gateway": {"server", "admin", "reload", "cli", "bench", "demo"},
+    "state": {"gateway", "server", "admin", "reload", "cli", "bench", "demo", "admin_client"},
+    "gateway": {"server", "admin", "reload", "cli", "bench", "demo", "admin_client"},
+    "server": {"cli", "bench", "demo", "admin_client"},
 }
 
 
