@@ -316,6 +316,7 @@ impl Shared {
                     max_body: sc.max_body,
                     limit: sc.max_concurrent_requests_per_backend,
                     max_wait: sc.max_request_wait_time,
+                    body_idle: config.limits.body_idle_timeout,
                 },
                 config: sc.clone(),
                 auth,

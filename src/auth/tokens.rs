@@ -10,14 +10,15 @@
 //!   scoregate issues carry `iss = "scoregate"` and `aud = <service name>`, so a token for service
 //!   A is refused on B;
 //! - a verified token is cached per service under the SHA-256 of the token until its `exp`, so a
-//!   repeated token costs a hash and a lookup, not a signature check. Caches belong to a snapshot
-//!   (a reload starts empty ones) and remember which JWKS generation verified an entry (a JWKS
-//!   refresh that changes keys invalidates entries verified with the old set).
+//!   repeated token costs a hash and a lookup, not a signature check. The cache is bounded
+//!   (`quick_cache`, S3-FIFO: insertion and eviction in O(1)), so a flood of new tokens costs each
+//!   one its signature check and nothing more. Caches belong to a snapshot (a reload starts empty
+//!   ones) and remember which JWKS generation verified an entry (a JWKS refresh that changes keys
+//!   invalidates entries verified with the old set).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dashmap::DashMap;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -27,7 +28,7 @@ use super::signer::{OWN_ISSUER, Signer};
 use crate::error::AuthFailure;
 
 /// Verified tokens kept per service; a client fleet rarely holds more live tokens than this,
-/// and 10k entries are ~1 MiB. When full, expired entries are dropped, then new ones not cached.
+/// and 10k entries are ~1 MiB. When full, the least useful entry goes (S3-FIFO).
 const CACHE_CAPACITY: usize = 10_000;
 
 fn now_s() -> u64 {
@@ -54,6 +55,8 @@ pub struct CacheEntry {
 #[derive(Deserialize)]
 struct Exp {
     exp: u64,
+    #[serde(default)]
+    iat: Option<u64>,
 }
 
 /// Token verification for one service (part of a snapshot).
@@ -62,7 +65,7 @@ pub struct ServiceTokens {
     own: Arc<Signer>,
     issuers: Vec<Arc<TrustedIssuer>>,
     leeway: u64,
-    cache: DashMap<[u8; 32], CacheEntry>,
+    cache: quick_cache::sync::Cache<[u8; 32], CacheEntry>,
 }
 
 impl ServiceTokens {
@@ -77,7 +80,7 @@ impl ServiceTokens {
             own,
             issuers,
             leeway: leeway.as_secs(),
-            cache: DashMap::new(),
+            cache: quick_cache::sync::Cache::new(CACHE_CAPACITY),
         }
     }
 
@@ -98,12 +101,7 @@ impl ServiceTokens {
         }
         let entry = self.verify_uncached(token)?;
         if entry.exp > now {
-            if self.cache.len() >= CACHE_CAPACITY {
-                self.cache.retain(|_, e| e.exp > now);
-            }
-            if self.cache.len() < CACHE_CAPACITY {
-                self.cache.insert(hash, entry);
-            }
+            self.cache.insert(hash, entry);
         }
         Ok(())
     }
@@ -141,6 +139,9 @@ impl ServiceTokens {
                 &issuer.config.audience,
             );
             return match jsonwebtoken::decode::<Exp>(token, key, &v) {
+                Ok(data) if too_long_lived(&data.claims, issuer.config.max_token_lifetime) => {
+                    Err(AuthFailure::InvalidToken)
+                }
                 Ok(data) => Ok(CacheEntry {
                     exp: data.claims.exp,
                     source: Source::Issuer {
@@ -173,6 +174,13 @@ impl ServiceTokens {
     fn cached(&self) -> usize {
         self.cache.len()
     }
+}
+
+/// An external token whose `exp` lies further ahead than `max` — from now, or from its `iat` —
+/// is refused (a year-9999 token must not be accepted and cached forever).
+fn too_long_lived(c: &Exp, max: Duration) -> bool {
+    let max = max.as_secs();
+    c.exp > now_s().saturating_add(max) || c.iat.is_some_and(|iat| c.exp.saturating_sub(iat) > max)
 }
 
 fn map_err(e: jsonwebtoken::errors::Error) -> AuthFailure {
@@ -247,6 +255,20 @@ mod tests {
         let v = tokens_for(&s, "iris");
         assert_eq!(v.verify(t_old.as_bytes()), Ok(()));
         assert_eq!(v.verify(t_new.as_bytes()), Ok(()));
+    }
+
+    #[test]
+    fn external_tokens_living_longer_than_the_limit_are_refused() {
+        let day = Duration::from_secs(86_400);
+        let now = now_s();
+        let c = |exp, iat| Exp { exp, iat };
+        assert!(!too_long_lived(&c(now + 3600, Some(now)), day));
+        assert!(too_long_lived(&c(now + 2 * 86_400, None), day));
+        assert!(
+            too_long_lived(&c(253_402_300_799, Some(now)), day),
+            "year 9999"
+        );
+        assert!(too_long_lived(&c(now + 60, Some(now - 3 * 86_400)), day));
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     pub h2_max_concurrent_streams: Option<u32>,
     pub max_in_flight: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub body_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +145,9 @@ pub struct RawTrustedIssuer {
     pub audience: String,
     pub algorithm: String,
     pub jwks: String,
+    #[serde(default)]
+    pub allow_insecure_jwks: bool,
+    pub max_token_lifetime: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

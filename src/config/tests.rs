@@ -114,6 +114,28 @@ fn bad_values_name_key_and_reason() {
     }
 }
 
+/// Regression (issue 11): a path the HTTP path parser refuses passed validation and then made
+/// every request to the service panic.
+#[test]
+fn paths_are_checked_with_the_parser_that_uses_them() {
+    for bad in ["/score<v2>", "/a b", "/score?x=1", "score", "/a>b"] {
+        let text = MINIMAL.replace(
+            "name = \"iris\"",
+            &format!("name = \"iris\"\nscore_path = \"{bad}\""),
+        );
+        assert!(problems(&text).contains("service[0].score_path"), "{bad}");
+        let text = format!("{MINIMAL}\n[service.health]\npath = \"{bad}\"\n");
+        assert!(problems(&text).contains("service[0].health.path"), "{bad}");
+    }
+    assert!(
+        parse(&MINIMAL.replace(
+            "name = \"iris\"",
+            "name = \"iris\"\nscore_path = \"/v2/score-x_1.json\""
+        ))
+        .is_ok()
+    );
+}
+
 #[test]
 fn duplicate_services_and_missing_certs_are_errors() {
     let text = format!(

@@ -74,6 +74,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
     pub max_in_flight: usize,
+    pub max_connections_per_client: usize,
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -87,6 +89,8 @@ impl Default for Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             h2_max_concurrent_streams: DEFAULT_H2_MAX_STREAMS,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
         }
     }
 }
@@ -143,6 +147,9 @@ pub struct TrustedIssuerConfig {
     pub audience: String,
     pub algorithm: jsonwebtoken::Algorithm,
     pub jwks: JwksSource,
+    /// Tokens whose `exp` lies further ahead than this (from now, or from their `iat`) are
+    /// refused, so that a token minted for year 9999 is not accepted (and cached) forever.
+    pub max_token_lifetime: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

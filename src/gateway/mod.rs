@@ -120,8 +120,23 @@ fn check(
     Ok((svc, target))
 }
 
-/// Syntax (400): a malformed client request id is the client's mistake whatever the path.
+/// Syntax (400): what makes a request malformed whatever its path — the framing headers hyper
+/// accepts but a gateway must not pass on (RFC 9112 §3.2, §6.1), and a bad client request id.
 fn syntax(parts: &http::request::Parts, rec: &mut Record) -> Result<(), GatewayError> {
+    let hosts = parts.headers.get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && parts.version == http::Version::HTTP_11) {
+        return Err(GatewayError::BadRequest(
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
+    }
+    let mut te = parts.headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(v) = te.next()
+        && (te.next().is_some() || !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(GatewayError::BadRequest(
+            "Transfer-Encoding must be exactly \"chunked\"",
+        ));
+    }
     if let Some(v) = parts.headers.get(X_MS_CLIENT_REQUEST_ID) {
         if !headers::valid_client_request_id(v) {
             return Err(GatewayError::BadRequest(

@@ -74,6 +74,10 @@ struct Front {
     builders: http::Builders,
     /// `limits.max_connections`, across all listeners.
     slots: Arc<Semaphore>,
+    /// Connections per client address (`limits.max_connections_per_client`).
+    per_client: Arc<accept::PerClient>,
+    /// Bumped when the connection cap is near, so idle connections close first.
+    pressure: watch::Sender<u64>,
 }
 
 /// After the drain deadline, connections are told to close; this bounds the wait for that.
@@ -132,6 +136,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         acceptor: TlsAcceptor::from(shared.tls_config.clone()),
         builders: http::Builders::new(&limits),
         slots: Arc::new(Semaphore::new(limits.max_connections)),
+        per_client: Arc::new(accept::PerClient::new(limits.max_connections_per_client)),
+        pressure: watch::channel(0).0,
         limits,
     });
     let (phase, _) = watch::channel(Phase::Serving);
