@@ -15,6 +15,7 @@ pub mod admin_client;
 pub mod auth;
 pub mod bench;
 pub mod certgen;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;

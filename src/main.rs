@@ -34,10 +34,14 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Validate config and certificates (like `nginx -t`).
+    /// Validate config, certificates, JWKS files, the state store and the admin token file, as
+    /// `serve` would at start (like `nginx -t`).
     Check {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Fail on warnings too (an expired or soon expiring certificate), for CI gates.
+        #[arg(long)]
+        strict: bool,
     },
     /// Services, via the admin API.
     Service {
@@ -149,7 +153,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Serve { config } => serve(config),
-        Command::Check { config } => cli::check(&config),
+        Command::Check { config, strict } => scoregate::check::run(&config, strict),
         Command::Bench(args) => scoregate::bench::run(args),
         Command::Service { command, admin } => match command {
             ServiceCommand::List => {

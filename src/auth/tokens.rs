@@ -149,7 +149,14 @@ impl ServiceTokens {
                         generation: keys.generation,
                     },
                 }),
-                Err(e) => Err(map_err(e)),
+                Err(e) => {
+                    // The provider may have put new material under a known `kid`: look again
+                    // (rate-limited, like an unknown `kid`).
+                    if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature {
+                        issuer.refetch_soon();
+                    }
+                    Err(map_err(e))
+                }
             };
         }
         // Nobody knows this key: the issuer may have rotated; look again (rate-limited).

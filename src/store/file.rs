@@ -91,6 +91,35 @@ impl FileStore {
         &self.path
     }
 
+    /// What `scoregate check` says of the store in `dir`, without changing it: the state file
+    /// parses (when there is one) and the folder can be written (or made). Returns a summary
+    /// (how many services and signing keys it holds).
+    pub fn inspect(dir: &Path) -> Result<String, StoreError> {
+        let path = dir.join(STATE_FILE);
+        let summary = match read_json::<StateFile>(&path)? {
+            Some(f) if f.version > FORMAT_VERSION => {
+                return Err(StoreError::Corrupt {
+                    path,
+                    why: format!(
+                        "format version {} is newer than this build's {FORMAT_VERSION}",
+                        f.version
+                    ),
+                });
+            }
+            Some(f) => format!(
+                "{} service(s), {} signing key(s)",
+                f.services.len(),
+                f.signing_keys.len()
+            ),
+            None => "empty (made at start)".into(),
+        };
+        writable(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(summary)
+    }
+
     /// Reads the legacy files, if any, into the new format.
     fn migrate(&self, dir: &Path) -> Result<StoreState, StoreError> {
         let services = read_json::<LegacyServices>(&dir.join(LEGACY_SERVICES))?;
@@ -126,6 +155,26 @@ impl FileStore {
             source,
         })
     }
+}
+
+/// Whether files can be written in `dir` (or in the nearest folder above it that exists, which
+/// would hold it): a temp file is made and removed.
+fn writable(dir: &Path) -> io::Result<()> {
+    let mut d = dir;
+    while !d.exists() {
+        d = d.parent().unwrap_or(Path::new("/"));
+    }
+    if !d.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a folder", d.display()),
+        ));
+    }
+    let probe = d.join(format!(".scoregate-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot write in {}: {e}", d.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// A JSON file, or `None` when it does not exist.

@@ -43,6 +43,13 @@ impl Store {
         Ok((Store::File(f), state))
     }
 
+    /// What `scoregate check` reports of the store the config names, without changing it.
+    /// Blocking.
+    pub fn inspect(config: &Config) -> Result<String, StoreError> {
+        let what = file::FileStore::inspect(&config.state_dir)?;
+        Ok(format!("file {}: {what}", config.state_dir.display()))
+    }
+
     /// How this store fingerprints config values it applied (presets).
     pub fn fingerprint(&self, value: &str) -> String {
         match self {
