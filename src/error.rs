@@ -129,10 +129,14 @@ pub enum GatewayError {
     BackendUnavailable(#[source] BackendError),
     #[error("backend did not answer within {0:?}")]
     ScoringTimeout(Duration),
+    /// A replica started from its cache has no record of this key- or token-mode service while
+    /// the shared store is unreachable (contract §6).
+    #[error("the shared store is unreachable and this replica has no record of the service")]
+    StoreUnavailable,
 }
 
 /// Every error code the gateway can answer with, for metrics and tests.
-pub const CODES: [&str; 11] = [
+pub const CODES: [&str; 12] = [
     "BadRequest",
     "NotFound",
     "ServiceNotFound",
@@ -144,6 +148,7 @@ pub const CODES: [&str; 11] = [
     "ServiceOverloaded",
     "BackendUnavailable",
     "ScoringTimeout",
+    "StoreUnavailable",
 ];
 
 impl GatewayError {
@@ -159,6 +164,7 @@ impl GatewayError {
             GatewayError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BackendUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::ScoringTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -176,6 +182,7 @@ impl GatewayError {
             GatewayError::Overloaded(_) => "ServiceOverloaded",
             GatewayError::BackendUnavailable(_) => "BackendUnavailable",
             GatewayError::ScoringTimeout(_) => "ScoringTimeout",
+            GatewayError::StoreUnavailable => "StoreUnavailable",
         }
     }
 
@@ -197,7 +204,7 @@ impl GatewayError {
             | GatewayError::Unauthorized { .. }
             | GatewayError::RequestTimeout(_)
             | GatewayError::PayloadTooLarge { .. } => Side::Client,
-            GatewayError::Overloaded(_) => Side::Gateway,
+            GatewayError::Overloaded(_) | GatewayError::StoreUnavailable => Side::Gateway,
             GatewayError::BackendUnavailable(_) | GatewayError::ScoringTimeout(_) => Side::Backend,
         }
     }
@@ -252,6 +259,9 @@ impl GatewayError {
                 "The model did not answer within the scoring timeout of {}.",
                 humantime::format_duration(*t)
             ),
+            GatewayError::StoreUnavailable => {
+                "This gateway cannot check credentials for the service right now (its shared store is unreachable). Retry after the time in Retry-After.".into()
+            }
         }
     }
 
@@ -276,6 +286,9 @@ impl GatewayError {
             }
             GatewayError::Overloaded(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::StoreUnavailable => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}
         }
@@ -358,6 +371,21 @@ impl AdminError {
             "MethodNotAllowed",
             "Wrong method for this admin endpoint.",
         )
+    }
+
+    /// 503 `StoreUnavailable` with `Retry-After` (contract §6): the shared store is unreachable
+    /// or did not acknowledge a write in time; this replica applied nothing.
+    pub fn store_unavailable(why: &str) -> Self {
+        AdminError {
+            retry_after: Some(5),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "StoreUnavailable",
+                format!(
+                    "{why}. Nothing was applied here; if the write reached the store it takes effect fleet-wide at the next sync, so read the state back before retrying."
+                ),
+            )
+        }
     }
 
     pub fn unauthorized() -> Self {
@@ -472,6 +500,7 @@ mod tests {
             GatewayError::BackendUnavailable(BackendError::NoneAvailable),
             GatewayError::BackendUnavailable(BackendError::Exchange("x".into())),
             GatewayError::ScoringTimeout(Duration::from_secs(1)),
+            GatewayError::StoreUnavailable,
         ];
         for e in &all {
             assert!(CODES.contains(&e.code()), "{}", e.code());

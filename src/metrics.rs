@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 use crate::auth::AuthOutcome;
 use crate::auth::keys::KeySlot;
 use crate::error::AuthFailure;
+pub use crate::store::metrics::StoreMetrics;
 
 /// Latency buckets (seconds): scoring calls span ~1 ms (tiny models) to a minute (the timeout).
 const BUCKETS: &[f64] = &[
@@ -110,6 +111,7 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     pub requests_cancelled: IntCounter,
     pub cert_expiry: prometheus::GaugeVec,
+    pub store: StoreMetrics,
     pub reloads: IntCounterVec,
 }
 
@@ -213,6 +215,7 @@ impl Metrics {
             "Requests whose client went away (closed the connection or reset the stream) before the response ended",
         )
         .unwrap();
+        let store = StoreMetrics::new();
         let cert_expiry = prometheus::GaugeVec::new(
             Opts::new(
                 "scoregate_certificate_expiry_timestamp_seconds",
@@ -269,7 +272,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(build_info),
         ];
-        for c in collectors {
+        for c in collectors.into_iter().chain(store.collectors()) {
             registry.register(c).expect("metric names are unique");
         }
         Metrics {
@@ -289,6 +292,7 @@ impl Metrics {
             connections_closed,
             requests_cancelled,
             cert_expiry,
+            store,
             reloads,
         }
     }

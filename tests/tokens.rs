@@ -44,7 +44,7 @@ async fn get_token(gw: &Gw, service: &str) -> Value {
 fn own_key(gw: &Gw) -> (String, String, String, String) {
     let dir = gw.server.shared.snapshot().config.state_dir.clone();
     let v: Value = serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
-    let k = v["signingKeys"].as_array().unwrap().last().unwrap();
+    let k = v["signing"]["keys"].as_array().unwrap().last().unwrap();
     (
         k["kid"].as_str().unwrap().into(),
         k["alg"].as_str().unwrap().into(),

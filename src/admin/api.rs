@@ -2,7 +2,6 @@
 //! contract's JSON shape.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -46,11 +45,37 @@ fn authorized(token: &str, req: &Request<Incoming>) -> bool {
     crate::auth::bearer(req.headers()).is_ok_and(|cred| bool::from(cred.ct_eq(token.as_bytes())))
 }
 
+/// The answers while the gateway is still starting (waiting for its shared store): alive, not
+/// ready, nothing else yet.
+pub fn starting(req: &Request<Incoming>) -> AdminResponse {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/readyz") => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: starting (waiting for the shared store)\n".into(),
+        ),
+        _ => AdminError::store_unavailable(
+            "The gateway is still starting: its shared store has not answered yet",
+        )
+        .to_response(),
+    }
+}
+
 pub async fn route(shared: &Arc<Shared>, token: &str, req: Request<Incoming>) -> AdminResponse {
-    match api(shared, token, req).await {
+    let mut r = match api(shared, token, req).await {
         Ok(r) => r,
         Err(e) => e.to_response(),
+    };
+    // With a shared store, every answer says whether it could reach it (reads answer from
+    // memory either way).
+    if let Some(redis) = shared.store.redis() {
+        r.headers_mut().insert(
+            "x-scoregate-store",
+            header::HeaderValue::from_static(if redis.is_up() { "up" } else { "unreachable" }),
+        );
     }
+    r
 }
 
 async fn api(
@@ -63,7 +88,7 @@ async fn api(
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return Ok(text(StatusCode::OK, "text/plain", "ok\n".into())),
         (&Method::GET, "/readyz") => {
-            return Ok(if shared.ready.load(Ordering::SeqCst) {
+            return Ok(if shared.is_ready() {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 text(
@@ -116,8 +141,21 @@ async fn api(
             regenerate(shared, name, &body).await
         }
         (&Method::POST, ["services", name, "token"]) => issue_token(shared, &snap, name),
+        (&Method::GET, ["replicas"]) => Ok(json(
+            StatusCode::OK,
+            &serde_json::to_value(match shared.store.redis() {
+                Some(r) => r.replicas(),
+                None => vec![shared.replica_info()],
+            })
+            .unwrap(),
+        )),
         (&Method::POST, ["reload"]) => match crate::reload::reload(shared).await {
             Ok(report) => Ok(json(StatusCode::OK, &serde_json::to_value(report).unwrap())),
+            Err(crate::reload::ReloadError::Build(crate::state::BuildError::Store(e)))
+                if e.is_unavailable() =>
+            {
+                Err(AdminError::store_unavailable(&e.to_string()))
+            }
             Err(e) if e.is_invalid_input() => Err(AdminError::new(
                 StatusCode::BAD_REQUEST,
                 "InvalidConfig",
@@ -134,7 +172,8 @@ async fn api(
             ["services"]
             | ["services", _]
             | ["services", _, "listKeys" | "regenerateKeys" | "token"]
-            | ["reload"],
+            | ["reload"]
+            | ["replicas"],
         ) => Err(AdminError::method_not_allowed()),
         _ => Err(AdminError::not_found()),
     }
@@ -151,6 +190,10 @@ fn write_error(e: WriteError) -> AdminError {
             AdminError::bad_request(format!("Service '{n}' is not in key mode."))
         }
         WriteError::Invalid(why) => AdminError::bad_request(why),
+        WriteError::Store(e) if e.is_unavailable() => {
+            tracing::warn!(error = %e, "admin write refused: the shared store is unreachable");
+            AdminError::store_unavailable(&e.to_string())
+        }
         WriteError::Store(e) => {
             tracing::error!(error = %e, "state store write failed; the old keys stay in force");
             AdminError::new(

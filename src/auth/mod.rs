@@ -15,6 +15,9 @@ use keys::{KeySlot, SharedKeys};
 /// How one service authenticates, resolved when the snapshot is built.
 pub enum ServiceAuth {
     None,
+    /// A key- or token-mode service this replica has no record of while the shared store is
+    /// unreachable (it started from its cache): 503 `StoreUnavailable` until the store answers.
+    Unavailable,
     Key(SharedKeys),
     Token(tokens::ServiceTokens),
 }
@@ -78,6 +81,7 @@ impl ServiceAuth {
         let refuse = |reason| GatewayError::Unauthorized { reason, token_mode };
         match self {
             ServiceAuth::None => Ok(AuthOutcome::Anonymous),
+            ServiceAuth::Unavailable => Err(GatewayError::StoreUnavailable),
             ServiceAuth::Key(keys) => {
                 let cred = bearer(headers).map_err(refuse)?;
                 match keys.load().check(cred) {

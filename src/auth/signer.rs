@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use arc_swap::ArcSwap;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
@@ -131,22 +133,26 @@ struct OwnClaims {
 /// The signing keys in force, shared by every snapshot.
 pub struct Signer {
     set: ArcSwap<SigningSet>,
+    /// Notified when a token with this gateway's issuer names a `kid` nobody here knows: another
+    /// replica may have made a key this one has not read yet (the shared store re-reads).
+    pub unknown_kid: Arc<tokio::sync::Notify>,
 }
 
 impl Signer {
     pub fn new(set: SigningSet) -> Signer {
         Signer {
             set: ArcSwap::from_pointee(set),
+            unknown_kid: Arc::default(),
         }
     }
 
     /// Puts a new set in force (reload, or a store change).
     pub fn publish(&self, set: SigningSet) {
-        self.set.store(std::sync::Arc::new(set));
+        self.set.store(Arc::new(set));
     }
 
     /// The set in force, for verification.
-    pub fn current(&self) -> arc_swap::Guard<std::sync::Arc<SigningSet>> {
+    pub fn current(&self) -> arc_swap::Guard<Arc<SigningSet>> {
         self.set.load()
     }
 

@@ -13,6 +13,18 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "admin-token";
 /// Next to the config folder (not inside it), so a read-only config mount keeps working.
 pub const DEFAULT_STATE_DIR: &str = "../state";
+/// One store command: Redis answers in well under a millisecond on a LAN; a command that has not
+/// answered in 250 ms is a store in trouble, and admin writes should say so rather than hang.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(250);
+/// A full re-read of the shared store, in case a change notification was lost (pub/sub is
+/// at-most-once): the longest a change takes to reach every replica, and the wait before a new
+/// signing key signs.
+pub const DEFAULT_STORE_RESYNC: Duration = Duration::from_secs(30);
+/// 0: a replica that cannot reach the store stays ready on its last known state.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::ZERO;
+/// A fleet-wide rate-limit decision waits at most this long for the store, then is made locally:
+/// a scoring request must never stall on the store.
+pub const DEFAULT_RATE_LIMIT_TIMEOUT: Duration = Duration::from_millis(50);
 /// 0 = one tokio worker per core (tokio's own default).
 pub const DEFAULT_WORKER_THREADS: usize = 0;
 /// 0 = no per-backend cap, as Azure ML's own front end without `replica_max_concurrent_requests`;

@@ -8,6 +8,7 @@
 pub mod defaults;
 pub mod raw;
 pub mod service;
+pub mod store;
 #[cfg(test)]
 mod tests;
 pub mod types;

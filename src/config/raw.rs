@@ -90,6 +90,27 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub dir: Option<String>,
+    pub store: Option<String>,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Option<String>,
+    pub url_file: Option<String>,
+    pub prefix: Option<String>,
+    pub secret_key_file: Option<String>,
+    pub previous_secret_key_file: Option<String>,
+    #[serde(default)]
+    pub allow_plaintext_secrets: bool,
+    pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub timeout: Option<String>,
+    pub resync: Option<String>,
+    pub max_staleness: Option<String>,
+    pub rate_limit_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -21,6 +21,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub admin: AdminConfig,
     pub state_dir: PathBuf,
+    /// Where the shared state lives (`[state] store`).
+    pub store: StoreConfig,
     pub worker_threads: usize,
     pub server: ServerSettings,
     pub limits: Limits,
@@ -274,6 +276,7 @@ impl Config {
                 token_file: state_dir.join("admin-token"),
             },
             state_dir,
+            store: StoreConfig::File,
             worker_threads: 0,
             server: ServerSettings {
                 drain_timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -294,4 +297,32 @@ impl Config {
             services: vec![],
         }
     }
+}
+
+/// `[state] store`: the file store in `state.dir` (one process), or Redis (a fleet).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    File,
+    Redis(Box<RedisConfig>),
+}
+
+/// `[state.redis]` (contract §6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// The whole URL, credentials included (never printed).
+    pub url: Secret,
+    /// The URL without credentials, for logs, `check` and the cache's `source`.
+    pub display_url: String,
+    pub prefix: String,
+    /// The 32-byte sealing key (raw or base64), from `secret_key_file`.
+    pub secret_key: Option<Secret>,
+    pub previous_secret_key: Option<Secret>,
+    pub allow_plaintext_secrets: bool,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub timeout: Duration,
+    pub resync: Duration,
+    pub max_staleness: Duration,
+    pub rate_limit_timeout: Duration,
 }

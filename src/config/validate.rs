@@ -134,6 +134,7 @@ impl Validator {
             ),
         };
         let state_dir = self.path(raw.state.dir.as_deref().unwrap_or(DEFAULT_STATE_DIR));
+        let store = self.store(&raw.state);
         let server = ServerSettings {
             drain_timeout: self.duration(
                 "server.drain_timeout",
@@ -176,6 +177,7 @@ impl Validator {
             tls,
             admin,
             state_dir,
+            store,
             worker_threads: raw.runtime.worker_threads.unwrap_or(DEFAULT_WORKER_THREADS),
             server,
             limits,
