@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::config::{Config, JwksSource};
+use crate::config::{Config, JwksSource, StoreConfig};
 
 /// A certificate that expires sooner than this is a warning: time enough to renew.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
@@ -26,18 +26,38 @@ pub fn run(path: &Path, strict: bool) -> anyhow::Result<()> {
         config.admin.address,
         abs(&config.admin.token_file).display()
     );
+    let shared_store = matches!(config.store, StoreConfig::Redis(_));
     match crate::admin::load_token(&config.admin.token_file, false) {
         Ok(_) => {}
         Err(crate::admin::TokenError::Read { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
+            if source.kind() == std::io::ErrorKind::NotFound && !shared_store =>
         {
             println!("           (the token file does not exist yet: made at start)");
         }
+        Err(e) if shared_store => problems.push(format!(
+            "admin.token_file: {e} (with a shared store it must exist, e.g. from a Secret: it is never generated)"
+        )),
         Err(e) => problems.push(format!("admin.token_file: {e}")),
     }
-    match crate::store::Store::inspect(&config) {
-        Ok(what) => println!("state    {what}"),
-        Err(e) => problems.push(format!("state.dir: {e}")),
+    if shared_store {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        match rt.block_on(crate::store::admin::inspect(&config)) {
+            Ok((lines, w)) => {
+                for l in lines {
+                    println!("{l}");
+                }
+                warnings.extend(w);
+            }
+            Err(e) => problems.push(format!("state.redis: {e}")),
+        }
+        println!("state    cache {}", abs(&config.state_dir).display());
+    } else {
+        match crate::store::Store::inspect(&config) {
+            Ok(what) => println!("state    {what}"),
+            Err(e) => problems.push(format!("state.dir: {e}")),
+        }
     }
     let now = SystemTime::now();
     for (entry, result) in config

@@ -66,8 +66,26 @@ enum Command {
         #[command(flatten)]
         admin: cli::AdminArgs,
     },
+    /// The shared store: move a file store into it, or re-seal it with a new key.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+        /// The config naming the store ([state] store = "redis" and [state.redis]).
+        #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Load harness: drive a built-in (or a running) gateway; req/s, latency, CPU and memory.
     Bench(scoregate::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Write this replica's file store (state.dir/state.json) into a shared store that does not
+    /// know its services yet (refuses otherwise).
+    Import,
+    /// Re-seal every record with secret_key_file, once every replica holds it (with the old key
+    /// as previous_secret_key_file), and name it in the store.
+    Reseal,
 }
 
 #[derive(Subcommand)]
@@ -155,6 +173,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Check { config, strict } => scoregate::check::run(&config, strict),
         Command::Bench(args) => scoregate::bench::run(args),
+        Command::Store { command, config } => store_command(command, &config),
         Command::Service { command, admin } => match command {
             ServiceCommand::List => {
                 cli::admin_call(&admin, "GET", "/v1/services", None, cli::Output::Json)
@@ -205,6 +224,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn store_command(command: StoreCommand, path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let done = rt.block_on(async {
+        match command {
+            StoreCommand::Import => scoregate::store::admin::import(&config).await,
+            StoreCommand::Reseal => scoregate::store::admin::reseal(&config).await,
+        }
+    })?;
+    println!("{done}");
+    Ok(())
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {

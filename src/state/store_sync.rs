@@ -116,6 +116,9 @@ impl Shared {
         let _w = shared.writes.lock().await;
         shared.apply_config(config, issuers, true).await?;
         drop(_w);
+        if shared.store.redis().is_some() && shared.store.is_up() {
+            shared.write_cache().await;
+        }
         if let Some(redis) = shared.store.redis() {
             let me = Arc::downgrade(&shared);
             let info = Arc::new(move || {
@@ -372,9 +375,17 @@ impl Shared {
         if new != old {
             self.take_in(new.clone());
         }
-        let (dir, r) = (config.state_dir.clone(), redis.clone());
+        self.write_cache().await;
+    }
+
+    /// Writes this replica's cache of the shared store (the state in force), off the runtime.
+    async fn write_cache(&self) {
+        let Some(redis) = self.store.redis().cloned() else {
+            return;
+        };
+        let (dir, state) = (self.snapshot().config.state_dir.clone(), self.state());
         let cached =
-            tokio::task::spawn_blocking(move || crate::store::cache::write(&dir, &r, &new))
+            tokio::task::spawn_blocking(move || crate::store::cache::write(&dir, &redis, &state))
                 .await
                 .expect("writing the cache does not panic");
         if let Err(e) = cached {

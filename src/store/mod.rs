@@ -9,6 +9,7 @@
 //! re-plans). The hot path never reads the store: the state in force lives in memory (key cells
 //! and the signer, see `state`).
 
+pub mod admin;
 pub mod cache;
 pub mod file;
 pub mod metrics;

@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod metrics;
+pub mod redis;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -695,6 +695,41 @@ impl RedisStore {
         Ok(list)
     }
 
+    /// Names `id` as the sealing key in the meta record (after a `reseal`).
+    pub async fn set_meta_key_id(&self, id: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .op("write", self.client.hset(self.key("meta"), ("keyId", id)))
+            .await?;
+        *self.meta_key_id.lock().unwrap() = Some(id.to_string());
+        Ok(())
+    }
+
+    /// The live replicas, read now without registering (for `check`).
+    pub async fn live_replicas(&self) -> Result<Vec<ReplicaInfo>, StoreError> {
+        let ids: Vec<String> = self
+            .op(
+                "read",
+                self.client.zrangebyscore(
+                    self.key("replicas"),
+                    crate::store::plan::unix_now(SystemTime::now()) as f64,
+                    "+inf",
+                    false,
+                    None,
+                ),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for id in ids {
+            let r: Option<String> = self
+                .op("read", self.client.get(self.key(&format!("replica:{id}"))))
+                .await?;
+            if let Some(info) = r.and_then(|r| serde_json::from_str(&r).ok()) {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
     /// The live replicas as last read.
     pub fn replicas(&self) -> Vec<ReplicaInfo> {
         self.replicas.lock().unwrap().clone()
