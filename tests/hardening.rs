@@ -790,8 +790,8 @@ async fn healthz(admin: SocketAddr) -> Option<u16> {
 async fn the_admin_listener_closes_connections_past_64_at_once() {
     let _serial = SERIAL.lock().await;
     let pki = Pki::new();
+    // No admin connection before the flood: each holds a place until its task has ended.
     let gw = Gw::start(config(&pki, vec![])).await;
-    assert_eq!(healthz(gw.admin).await, Some(200));
     assert_eq!(scoregate::admin::MAX_ADMIN_CONNECTIONS, 64);
 
     let mut held = Vec::new();
