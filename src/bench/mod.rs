@@ -148,6 +148,11 @@ pub struct BenchArgs {
     /// Threads of the load generator [default: one per core].
     #[arg(long, value_name = "N")]
     pub client_threads: Option<usize>,
+    /// Built-in gateway only: keep its state in this Redis (`redis://…` or `rediss://…`) instead
+    /// of a file, under a throwaway prefix deleted after the run — to measure what the shared
+    /// store costs a request (README, "Running several replicas").
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Request body file (default: the peer benchmark's 203-byte JSON).
     #[arg(long, value_name = "FILE")]
     pub body: Option<PathBuf>,
@@ -314,6 +319,10 @@ async fn bench(args: &BenchArgs, client_threads: usize) -> anyhow::Result<Report
     if args.mode == Mode::Idle {
         report.connections = args.idle_conns;
         report.idle = Some(idle::run(&ctx, &setup, args, &mut report.stats).await);
+        drop(ctx);
+        if let Some(note) = setup.finish().await {
+            report.notes.push(note);
+        }
         return Ok(report);
     }
 
@@ -355,6 +364,10 @@ async fn bench(args: &BenchArgs, client_threads: usize) -> anyhow::Result<Report
     report.cpu = Some(CpuUse::between(&before, &after));
     report.handshakes = ctx.live.handshakes.load(Ordering::Relaxed);
     report.resumed = ctx.live.resumed.load(Ordering::Relaxed);
+    drop(ctx);
+    if let Some(note) = setup.finish().await {
+        report.notes.push(note);
+    }
     Ok(report)
 }
 

@@ -745,6 +745,33 @@ impl RedisStore {
         })
     }
 
+    /// Deletes every key under the prefix (SCAN + UNLINK, a page at a time); returns how many.
+    /// For throwaway prefixes (`scoregate bench --store`), never for a fleet's own.
+    pub async fn purge(&self) -> Result<u64, StoreError> {
+        use fred::types::scan::Scanner;
+        use futures_util::TryStreamExt;
+        // The prefix is matched literally: glob characters in it are escaped.
+        let mut pattern = String::with_capacity(self.prefix.len() + 1);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let mut pages = std::pin::pin!(self.client.scan(pattern, Some(500), None));
+        let mut removed = 0u64;
+        while let Some(mut page) = self.op("read", pages.try_next()).await? {
+            if let Some(keys) = page.take_results()
+                && !keys.is_empty()
+            {
+                let n: u64 = self.op("write", self.client.unlink(keys)).await?;
+                removed += n;
+            }
+        }
+        Ok(removed)
+    }
+
     /// `INFO server` and `INFO cluster` facts for `check`: the server version and whether it is
     /// a Redis Cluster (not supported: the scripts touch several keys).
     pub async fn server_facts(&self) -> Result<(String, bool), StoreError> {
