@@ -289,6 +289,36 @@ mod tests {
     }
 
     #[test]
+    fn tokens_of_one_subject_share_a_subject_and_others_do_not() {
+        let s = signer(TokenAlgorithm::ES256);
+        let v = tokens_for(&s, "iris");
+        let issue_as = |sub: Option<&str>| {
+            let t = s
+                .issue(
+                    "iris",
+                    sub,
+                    Duration::from_secs(60),
+                    Duration::from_secs(45),
+                )
+                .unwrap()
+                .access_token;
+            v.verify(t.as_bytes()).unwrap()
+        };
+        let alice = issue_as(Some("alice"));
+        assert_eq!(alice, issue_as(Some("alice")));
+        // Cache hits answer the same subject.
+        assert_ne!(alice, issue_as(Some("bob")));
+        assert_ne!(issue_as(None), issue_as(None));
+        // Without `sub`: by `jti`, else by the token itself; never equal to a `sub` of the
+        // same text.
+        let a = Subject::of("i", Some("x"), None, b"t");
+        assert_ne!(a, Subject::of("i", None, Some("x"), b"t"));
+        assert_ne!(a, Subject::of("i", None, None, b"x"));
+        assert_ne!(a, Subject::of("j", Some("x"), None, b"t"));
+        assert_eq!(a, Subject::of("i", Some("x"), Some("other"), b"other"));
+    }
+
+    #[test]
     fn a_new_signing_set_keeps_old_tokens_verifying_while_their_key_is_in_it() {
         let old = generate_signing_key(TokenAlgorithm::ES256, now_s()).unwrap();
         let s = Arc::new(Signer::new(
