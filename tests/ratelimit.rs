@@ -591,3 +591,51 @@ async fn a_reload_keeps_the_buckets_of_kept_policies() {
     assert_eq!(limit_headers(&r).1, "\"renamed\";r=1;t=0");
     gw.stop().await;
 }
+
+// ---------------------------------------------------------------- memory
+
+/// The process's resident memory, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// The memory of one policy holding 100 000 buckets (its cap), for BENCHMARKS.md. Run alone,
+/// so no other test moves the RSS:
+/// `cargo test --release --test ratelimit -- --ignored --nocapture memory_of`.
+#[test]
+#[ignore]
+fn memory_of_100k_tracked_buckets() {
+    use scoregate::auth::AuthOutcome;
+    use scoregate::limit::{Pending, Registry};
+    let registry = Registry::new(&prometheus::Registry::new());
+    let mut sc = ServiceConfig::new("iris", AuthMode::None, vec![]);
+    // Slow refill: every bucket stays tracked (not full) for the whole test.
+    sc.rate_limits = vec![rl("client", RateLimitBy::Client, 1, 3600, 10)];
+    let mut p = Pending::default();
+    let limits = registry.build(&sc, &mut p);
+    registry.publish(p);
+    let now = limits.now();
+    let before = rss();
+    for i in 0..100_000u32 {
+        let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        limits.check_at(now, ip, AuthOutcome::Anonymous).unwrap();
+    }
+    let after = rss();
+    let m = registry.metrics.for_policy("iris", "client");
+    assert_eq!(m.buckets.get(), 100_000);
+    let delta = after.saturating_sub(before);
+    eprintln!(
+        "100000 buckets: RSS +{:.2} MiB ({:.1} bytes per bucket)",
+        delta as f64 / 1048576.0,
+        delta as f64 / 100_000.0
+    );
+    // A HashMap<u64, u64> entry is 16 bytes plus a control byte, at most 8/7 overhead plus the
+    // growth to the next power of two.
+    assert!(delta < 8 * 1024 * 1024, "{delta}");
+}
