@@ -19,7 +19,7 @@ use prometheus::{IntCounter, IntGauge};
 
 use super::gcra::Gcra;
 
-/// Buckets per policy and replica (contract §7): about 2.2 MiB of hash map (BENCHMARKS.md).
+/// Buckets per policy and replica (contract §7): about 3.5 MiB at the cap (BENCHMARKS.md).
 pub const MAX_BUCKETS: usize = 100_000;
 /// Shards per table: enough that cores rarely wait on one another, few enough that one shard
 /// (~3 000 buckets at the cap) is a fair sample when looking for the bucket closest to full.

@@ -247,6 +247,8 @@ mod tests {
             ("content-length", "10"),
             ("connection", "close"),
             ("x-ms-run-function-failed", "True"),
+            ("ratelimit", "\"backend\";r=1;t=0"),
+            ("ratelimit-policy", "\"backend\";q=1;w=1"),
         ]);
         rewrite_response(
             &mut h,
@@ -261,6 +263,7 @@ mod tests {
         assert!(!h.contains_key("content-length") && !h.contains_key("transfer-encoding"));
         assert!(!h.contains_key("connection"));
         assert_eq!(h["x-ms-run-function-failed"], "True");
+        assert!(!h.contains_key("ratelimit") && !h.contains_key("ratelimit-policy"));
         // A backend's echo of an id the client never sent is dropped.
         let mut h = map(&[("x-ms-client-request-id", "gw-forwarded-id")]);
         rewrite_response(&mut h, HeaderValue::from_static("gw"), None);
