@@ -63,6 +63,10 @@ enum Command {
         /// Print only the JWT.
         #[arg(long)]
         value: bool,
+        /// The token's subject (`sub`), whose tokens share a `by = "credential"` rate-limit
+        /// bucket: 1 to 128 of A-Z a-z 0-9 - _ . : @ (default: a random UUID).
+        #[arg(long, value_name = "S")]
+        subject: Option<String>,
         #[command(flatten)]
         admin: cli::AdminArgs,
     },
@@ -205,11 +209,16 @@ fn main() -> ExitCode {
                 out,
             } => cli::regen(&admin, &name, &key, new_value.as_deref(), out.print_value),
         },
-        Command::Token { name, value, admin } => cli::admin_call(
+        Command::Token {
+            name,
+            value,
+            subject,
+            admin,
+        } => cli::admin_call(
             &admin,
             "POST",
             &format!("/v1/services/{}/token", cli::path_segment(&name)),
-            None,
+            subject.map(|s| serde_json::json!({ "subject": s })),
             if value {
                 cli::Output::Field("accessToken")
             } else {

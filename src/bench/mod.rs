@@ -142,6 +142,10 @@ pub struct BenchArgs {
     /// Built-in gateway: keep its access log on (written to a file in the temp dir).
     #[arg(long)]
     pub access_log: bool,
+    /// Built-in gateway: give the service a `by = "client"` rate limit that never refuses
+    /// (1 000 000 per second, burst 1 000), to measure what the limiter costs.
+    #[arg(long)]
+    pub rate_limit: bool,
     /// Built-in gateway: `[runtime] worker_threads` (0: one per core).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub gateway_threads: usize,

@@ -208,9 +208,14 @@ name = "{SERVICE}"
 auth = "{auth}"
 backends = ["http://{backend}"]
 max_body = "1MiB"
-{keys}"#,
+{keys}{rate_limit}"#,
             threads = args.gateway_threads,
             access = args.access_log,
+            rate_limit = if args.rate_limit {
+                "\n[[service.rate_limit]]\nby = \"client\"\nrequests = 1000000\nper = \"1s\"\nburst = 1000\n"
+            } else {
+                ""
+            },
             backend = backend.addr,
         );
         let config_path = dir.0.join("scoregate.toml");

@@ -200,6 +200,8 @@ pub struct ServiceConfig {
     pub primary_key: Option<Secret>,
     pub secondary_key: Option<Secret>,
     pub health: HealthConfig,
+    /// `[[service.rate_limit]]`, in config order.
+    pub rate_limits: Vec<super::RateLimitConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -244,6 +246,7 @@ impl ServiceConfig {
             primary_key: None,
             secondary_key: None,
             health: HealthConfig::default(),
+            rate_limits: vec![],
         }
     }
 }

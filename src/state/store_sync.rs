@@ -75,6 +75,7 @@ impl Shared {
         .await
         .expect("start-up loading does not panic")?;
         publish_cert_metrics(&metrics, &certs);
+        let limits = crate::limit::Registry::new(&metrics.registry);
         let certs = Arc::new(SniResolver::new(certs));
         let tls_config = crate::tls::server_config(certs.clone());
         let shared = Arc::new(Shared {
@@ -93,6 +94,7 @@ impl Shared {
             signer: Arc::new(Signer::new(SigningSet::build(&opened.state.signing.keys)?)),
             metrics,
             backends: std::sync::Mutex::default(),
+            limits,
             writes: tokio::sync::Mutex::new(()),
             ready: Default::default(),
             store_ready: std::sync::atomic::AtomicBool::new(true),
