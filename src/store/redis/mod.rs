@@ -257,15 +257,32 @@ impl RedisStore {
                 continue;
             }
             self.start_connection(i);
-            match tokio::time::timeout(wait, c.wait_for_connect()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(classify(&e)),
-                Err(_) => {
+            // Watched rather than `wait_for_connect`, which only sees a result announced after
+            // it subscribed: a first connection that failed fast (wrong credentials) ended
+            // unseen, and was taken for an unreachable store.
+            let deadline = tokio::time::Instant::now() + wait;
+            while !c.is_connected() {
+                let ended = {
+                    let mut tasks = self.connections.lock().unwrap();
+                    if tasks[i].as_ref().is_some_and(|t| t.is_finished()) {
+                        tasks[i].take()
+                    } else {
+                        None
+                    }
+                };
+                if let Some(task) = ended {
+                    return Err(match task.await {
+                        Ok(Err(e)) => classify(&e),
+                        _ => StoreError::Unavailable(format!("no connection to {}", self.url)),
+                    });
+                }
+                if tokio::time::Instant::now() >= deadline {
                     return Err(StoreError::Unavailable(format!(
                         "no connection to {} within {wait:?}",
                         self.url
                     )));
                 }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         self.succeeded();
