@@ -85,7 +85,9 @@ async fn a_replica_without_a_cache_is_not_ready_and_binds_no_port_until_the_stor
         assert_eq!(p.readyz().await, Some(503));
         assert!(
             !listening(listen).await,
-            "the scoring port is bound before the state"
+            "the scoring port is bound before the state: {}\n{}",
+            who_listens(listen.port()),
+            p.stderr()
         );
         let r = p
             .admin(&site.admin_token(), "GET", "/v1/services", "")
@@ -168,7 +170,12 @@ async fn a_replica_with_the_wrong_sealing_key_is_not_ready_and_never_writes() {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(3) {
         assert_eq!(p.readyz().await, Some(503));
-        assert!(!listening(listen).await);
+        assert!(
+            !listening(listen).await,
+            "{}\n{}",
+            who_listens(listen.port()),
+            p.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(

@@ -44,13 +44,25 @@ pub async fn eventually(
     t.elapsed()
 }
 
-/// A loopback port that was free a moment ago (for configs of the binary, which must name one).
+/// A loopback port that is free now (for configs of the binary, which must name one, and for a
+/// Redis restarted on the same port). It lies below Linux's ephemeral range (32768-60999), so
+/// that no other process's `bind(0)` or outgoing connection takes it meanwhile.
 pub fn reserve_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let p = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// What listens on `port` (`ss`), for a failure message.
+pub fn who_listens(port: u16) -> String {
+    std::process::Command::new("ss")
+        .args(["-ltnp", &format!("sport = :{port}")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// A loopback address with a port that was free a moment ago.

@@ -20,14 +20,6 @@ pub struct Redis {
     extra: Vec<String>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Redis {
     /// A fresh, empty Redis.
     pub fn start() -> Redis {
@@ -54,7 +46,7 @@ impl Redis {
 
     fn start_with(password: Option<String>, extra: &[&str]) -> Redis {
         let mut r = Redis {
-            port: free_port(),
+            port: super::fleet::reserve_port(),
             child: None,
             dir: super::tempdir("redis"),
             password,
