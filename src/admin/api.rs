@@ -144,7 +144,9 @@ async fn api(
         (&Method::GET, ["replicas"]) => Ok(json(
             StatusCode::OK,
             &serde_json::to_value(match shared.store.redis() {
-                Some(r) => r.replicas(),
+                // Read now: the list kept from the last registration (every 5 s) could still
+                // name a replica whose registration has expired.
+                Some(r) => r.live_replicas().await.unwrap_or_else(|_| r.replicas()),
                 None => vec![shared.replica_info()],
             })
             .unwrap(),

@@ -4,6 +4,7 @@
 // Tests read fixture files and time real sockets with the wall clock.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod fleet;
 pub mod metrics;
 pub mod redis;
 
