@@ -304,21 +304,36 @@ pub fn service_json(shared: &Shared, snap: &Snapshot, name: &str) -> Option<Valu
     let svc = snap.service(name)?;
     let rec = shared.record(name)?;
     let base = scoring_base(shared, snap);
-    let state = if svc.upstream.any_healthy() {
-        "Succeeded"
-    } else {
-        "Unhealthy"
-    };
+    let backends: Vec<Value> = svc
+        .upstream
+        .backends
+        .iter()
+        .map(|b| backend_json(&b.view()))
+        .collect();
     Some(json!({
         "id": rec.id,
         "name": name,
-        "state": state,
+        "state": svc.upstream.state(),
         "authMode": svc.config.auth.as_str(),
         "createdAt": rec.created_at,
         "updatedAt": rec.updated_at,
         "scoringUri": format!("{base}/api/v1/service/{name}/score"),
         "swaggerUri": format!("{base}/api/v1/service/{name}/swagger.json"),
+        "backends": backends,
     }))
+}
+
+/// One backend of `GET /v1/services/NAME`: `{"url", "up", "consecutiveFailures", "lastError",
+/// "lastErrorAt", "inFlight"}` (`lastError`/`lastErrorAt` null until a failure).
+fn backend_json(b: &crate::proxy::backend::BackendView) -> Value {
+    json!({
+        "url": b.url,
+        "up": b.up,
+        "consecutiveFailures": b.consecutive_failures,
+        "lastError": b.last_error.as_ref().map(|e| e.message.as_str()),
+        "lastErrorAt": b.last_error.as_ref().map(|e| crate::store::plan::rfc3339(e.at)),
+        "inFlight": b.in_flight,
+    })
 }
 
 /// `https://<CNAME>[:port]`, or `listen.public_url` when set.
