@@ -118,6 +118,9 @@ pub fn run(path: &Path, strict: bool) -> anyhow::Result<()> {
             s.auth.as_str(),
             backends.join(",")
         );
+        for rl in &s.rate_limits {
+            println!("           rate_limit {rl}");
+        }
     }
     for w in &warnings {
         eprintln!("warning: {w}");

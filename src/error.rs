@@ -123,6 +123,13 @@ pub enum GatewayError {
     RequestTimeout(Duration),
     #[error("request body over {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    /// A rate limit of the service (contract §7); `policy` is the refusing policy with the
+    /// longest wait, `retry_after` that wait in whole seconds, rounded up.
+    #[error("rate limit {policy:?}: retry after {retry_after}s")]
+    TooManyRequests {
+        retry_after: u32,
+        policy: std::sync::Arc<str>,
+    },
     #[error("overloaded: {}", .0.as_str())]
     Overloaded(Overload),
     #[error("backend unavailable")]
@@ -136,7 +143,7 @@ pub enum GatewayError {
 }
 
 /// Every error code the gateway can answer with, for metrics and tests.
-pub const CODES: [&str; 12] = [
+pub const CODES: [&str; 13] = [
     "BadRequest",
     "NotFound",
     "ServiceNotFound",
@@ -145,6 +152,7 @@ pub const CODES: [&str; 12] = [
     "Unauthorized",
     "RequestTimeout",
     "PayloadTooLarge",
+    "TooManyRequests",
     "ServiceOverloaded",
     "BackendUnavailable",
     "ScoringTimeout",
@@ -161,6 +169,7 @@ impl GatewayError {
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BackendUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::ScoringTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -179,6 +188,7 @@ impl GatewayError {
             GatewayError::Unauthorized { .. } => "Unauthorized",
             GatewayError::RequestTimeout(_) => "RequestTimeout",
             GatewayError::PayloadTooLarge { .. } => "PayloadTooLarge",
+            GatewayError::TooManyRequests { .. } => "TooManyRequests",
             GatewayError::Overloaded(_) => "ServiceOverloaded",
             GatewayError::BackendUnavailable(_) => "BackendUnavailable",
             GatewayError::ScoringTimeout(_) => "ScoringTimeout",
@@ -203,7 +213,8 @@ impl GatewayError {
             | GatewayError::Forbidden
             | GatewayError::Unauthorized { .. }
             | GatewayError::RequestTimeout(_)
-            | GatewayError::PayloadTooLarge { .. } => Side::Client,
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::TooManyRequests { .. } => Side::Client,
             GatewayError::Overloaded(_) | GatewayError::StoreUnavailable => Side::Gateway,
             GatewayError::BackendUnavailable(_) | GatewayError::ScoringTimeout(_) => Side::Backend,
         }
@@ -248,6 +259,13 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { limit } => {
                 format!("The request body is larger than this service's limit of {limit} bytes.")
             }
+            GatewayError::TooManyRequests {
+                retry_after,
+                policy,
+            } => format!(
+                "Rate limit '{policy}' of this service reached. Retry after {retry_after} second{}.",
+                if *retry_after == 1 { "" } else { "s" }
+            ),
             GatewayError::Overloaded(what) => format!(
                 "The service is overloaded ({}). Retry after the time in Retry-After.",
                 what.as_str()
@@ -289,6 +307,9 @@ impl GatewayError {
             }
             GatewayError::StoreUnavailable => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            GatewayError::TooManyRequests { retry_after, .. } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             _ => {}
         }
@@ -477,6 +498,17 @@ mod tests {
             (405, &HeaderValue::from_static("POST"))
         );
 
+        let r = GatewayError::TooManyRequests {
+            retry_after: 7,
+            policy: "client".into(),
+        }
+        .to_response();
+        assert_eq!(
+            (r.status().as_u16(), &r.headers()["retry-after"]),
+            (429, &HeaderValue::from_static("7"))
+        );
+        assert_eq!(body_json(r).await["error"]["code"], "TooManyRequests");
+
         let r = GatewayError::Overloaded(Overload::QueueFull).to_response();
         assert_eq!(r.headers()["retry-after"], "1");
         assert_eq!(body_json(r).await["error"]["code"], "ServiceOverloaded");
@@ -496,6 +528,10 @@ mod tests {
             },
             GatewayError::RequestTimeout(Duration::from_secs(1)),
             GatewayError::PayloadTooLarge { limit: 1 },
+            GatewayError::TooManyRequests {
+                retry_after: 2,
+                policy: "client".into(),
+            },
             GatewayError::Overloaded(Overload::WaitExpired),
             GatewayError::BackendUnavailable(BackendError::NoneAvailable),
             GatewayError::BackendUnavailable(BackendError::Exchange("x".into())),
@@ -506,7 +542,8 @@ mod tests {
             assert!(CODES.contains(&e.code()), "{}", e.code());
             assert_eq!(e.side() == Side::Client, e.status().is_client_error());
         }
-        assert!(!all[9].reached_backend());
-        assert!(all[10].reached_backend());
+        assert!(!all[8].reached_backend());
+        assert!(!all[10].reached_backend());
+        assert!(all[11].reached_backend());
     }
 }

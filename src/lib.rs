@@ -24,6 +24,7 @@ pub mod demo;
 pub mod error;
 pub mod files;
 pub mod gateway;
+pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;

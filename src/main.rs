@@ -119,11 +119,16 @@ fn main() -> ExitCode {
                 } => admin::regen(&opts, &name, &key, new_value.as_deref(), print_value),
             }
         }
-        Command::Token { name, value, admin } => admin::admin_call(
+        Command::Token {
+            name,
+            value,
+            subject,
+            admin,
+        } => admin::admin_call(
             &admin.with(&global),
             Method::POST,
             &format!("/v1/services/{}/token", path_segment(&name)),
-            None,
+            subject.map(|s| serde_json::json!({ "subject": s })),
             if value {
                 Output::Field("accessToken")
             } else {

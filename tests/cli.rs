@@ -83,6 +83,27 @@ fn check_accepts_a_good_config_and_prints_what_it_would_serve() {
     assert!(out.contains("expires"), "{out}");
 }
 
+#[test]
+fn check_prints_each_services_rate_limits() {
+    let pki = Pki::new();
+    let (_dir, path, text) = fixture(&pki);
+    std::fs::write(
+        &path,
+        format!("{text}\n[[service.rate_limit]]\nrequests = 100\nper = \"1m\"\nby = \"client\"\n\n[[service.rate_limit]]\nrequests = 5\nper = \"1s\"\nby = \"credential\"\nburst = 10\nname = \"per-key\"\n"),
+    )
+    .unwrap();
+    let (ok, out, err) = check(&path);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("rate_limit \"client\" by client: 100 per 60s, burst 100"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rate_limit \"per-key\" by credential: 5 per 1s, burst 10"),
+        "{out}"
+    );
+}
+
 /// Regression (issue 11): `check` said ok for configs that `serve` then refused — a missing or
 /// bad JWKS file, an unwritable state dir, an empty admin token file. It now runs the same
 /// loading as the start, and reports every problem (and every certificate entry) in one run.
@@ -212,6 +233,12 @@ fn check_rejects_each_kind_of_bad_config_naming_the_problem() {
         (
             text.replace("[listen]", "[listen]\nallow = [\"10.0.0.0/40\"]"),
             &["listen.allow[0]"],
+        ),
+        (
+            format!(
+                "{text}\n[[service.rate_limit]]\nrequests = 10\nper = \"1500ms\"\nby = \"client\"\n"
+            ),
+            &["service[0].rate_limit[0].per", "whole seconds"],
         ),
         ("this is not toml".into(), &["TOML parse error"]),
     ];
@@ -372,6 +399,42 @@ async fn admin_cli_lists_shows_and_rotates_keys_against_a_running_gateway() {
 
 /// Regression (issue 11): a demo that could not start (its port taken) left its temp dir, with
 /// keys in it, behind; it now removes it and suggests another port.
+/// `scoregate token NAME --subject S`: the token's `sub` is S (its rate-limit subject).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_cli_takes_a_subject() {
+    use base64::Engine;
+    let pki = Pki::new();
+    let backend = Backend::start().await;
+    let gw = Gw::start(config(
+        &pki,
+        vec![service("tok", AuthMode::Token, &[backend.url()])],
+    ))
+    .await;
+    let token_file = gw.server.shared.snapshot().config.admin.token_file.clone();
+    let claims = |jwt: &str| -> serde_json::Value {
+        let payload = jwt.trim().split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let (ok, out, err) = admin_cmd(
+        &gw,
+        &token_file,
+        &["token", "tok", "--subject", "alice@example.com", "--value"],
+    );
+    assert!(ok, "{err}");
+    let c = claims(&out);
+    assert_eq!(c["sub"], "alice@example.com");
+    assert!(c["jti"].as_str().is_some_and(|j| !j.is_empty()));
+    let (ok, out, _) = admin_cmd(&gw, &token_file, &["token", "tok", "--value"]);
+    assert!(ok);
+    assert_eq!(claims(&out)["sub"].as_str().unwrap().len(), 36, "a UUID");
+    let (ok, _, err) = admin_cmd(&gw, &token_file, &["token", "tok", "--subject", "a b"]);
+    assert!(!ok && err.contains("subject"), "{err}");
+    gw.stop().await;
+}
+
 #[test]
 fn a_demo_that_cannot_start_cleans_up_and_suggests_another_port() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -140,13 +140,15 @@ async fn api(
         (&Method::POST, ["services", name, "regenerateKeys"]) => {
             regenerate(shared, name, &body).await
         }
-        (&Method::POST, ["services", name, "token"]) => issue_token(shared, &snap, name),
+        (&Method::POST, ["services", name, "token"]) => issue_token(shared, &snap, name, &body),
         // The effective config (start-time settings as running), secrets redacted: `nginx -T`.
         (&Method::GET, ["config"]) => Ok(json(StatusCode::OK, &snap.config.redacted_json())),
         (&Method::GET, ["replicas"]) => Ok(json(
             StatusCode::OK,
             &serde_json::to_value(match shared.store.redis() {
-                Some(r) => r.replicas(),
+                // Read now: the list kept from the last registration (every 5 s) could still
+                // name a replica whose registration has expired.
+                Some(r) => r.live_replicas().await.unwrap_or_else(|_| r.replicas()),
                 None => vec![shared.replica_info()],
             })
             .unwrap(),
@@ -208,7 +210,40 @@ fn write_error(e: WriteError) -> AdminError {
     }
 }
 
-fn issue_token(shared: &Shared, snap: &Snapshot, name: &str) -> Result<AdminResponse, AdminError> {
+/// A token's subject (`sub`), from the optional body `{"subject": "..."}`: 1 to 128 characters
+/// of `A-Z a-z 0-9 - _ . : @` (contract §7). `None`: no body (a random UUID is used).
+fn token_subject(body: &[u8]) -> Result<Option<String>, AdminError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Req {
+        subject: Option<String>,
+    }
+    if body.trim_ascii().is_empty() {
+        return Ok(None);
+    }
+    let req: Req = serde_json::from_slice(body)
+        .map_err(|e| AdminError::bad_request(format!("Expected {{\"subject\": optional}}: {e}")))?;
+    match req.subject {
+        Some(s)
+            if !(1..=128).contains(&s.len())
+                || !s.bytes().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'@')
+                }) =>
+        {
+            Err(AdminError::bad_request(
+                "subject must be 1 to 128 characters of A-Z a-z 0-9 - _ . : @",
+            ))
+        }
+        s => Ok(s),
+    }
+}
+
+fn issue_token(
+    shared: &Shared,
+    snap: &Snapshot,
+    name: &str,
+    body: &[u8],
+) -> Result<AdminResponse, AdminError> {
     let svc = snap
         .service(name)
         .ok_or_else(|| AdminError::unknown_service(name))?;
@@ -217,8 +252,12 @@ fn issue_token(shared: &Shared, snap: &Snapshot, name: &str) -> Result<AdminResp
             "Service '{name}' is not in token mode."
         )));
     }
+    let subject = token_subject(body)?;
     let t = &snap.config.tokens;
-    match shared.signer.issue(name, None, t.lifetime, t.refresh_after) {
+    match shared
+        .signer
+        .issue(name, subject.as_deref(), t.lifetime, t.refresh_after)
+    {
         Ok(resp) => Ok(json(StatusCode::OK, &serde_json::to_value(resp).unwrap())),
         Err(e) => {
             tracing::error!(error = %e, "token signing failed");

@@ -115,7 +115,18 @@ impl Bound {
         generate: bool,
     ) -> anyhow::Result<AdminListener> {
         let path = cfg.token_file.clone();
-        let token = tokio::task::spawn_blocking(move || load_token(&path, generate)).await??;
+        let token = tokio::task::spawn_blocking(move || load_token(&path, generate))
+            .await?
+            .map_err(|e| match e {
+                TokenError::Read { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+                    anyhow::anyhow!(
+                        "admin token file {} does not exist: with a shared store it is never generated (every replica needs the same one, e.g. from a Secret)",
+                        path.display()
+                    )
+                }
+                // The message already holds its cause: no chain to print twice.
+                e => anyhow::anyhow!("{e}"),
+            })?;
         let local_addr = self.listener.local_addr()?;
         tracing::info!(address = %local_addr, token_file = %cfg.token_file.display(), "admin listener ready");
         Ok(AdminListener {

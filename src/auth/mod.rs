@@ -29,7 +29,8 @@ pub enum AuthOutcome {
     Unchecked,
     Anonymous,
     Key(KeySlot),
-    Token,
+    /// A verified token, and whose it is (`by = "credential"` rate limits).
+    Token(tokens::Subject),
     Failed(AuthFailure),
 }
 
@@ -40,7 +41,7 @@ impl AuthOutcome {
             AuthOutcome::Anonymous => "none",
             AuthOutcome::Key(KeySlot::Primary) => "key:primary",
             AuthOutcome::Key(KeySlot::Secondary) => "key:secondary",
-            AuthOutcome::Token => "token",
+            AuthOutcome::Token(_) => "token",
             AuthOutcome::Failed(f) => f.as_str(),
         }
     }
@@ -95,7 +96,7 @@ impl ServiceAuth {
                 if !looks_like_jwt(cred) {
                     return Err(refuse(AuthFailure::WrongMode));
                 }
-                t.verify(cred).map(|_| AuthOutcome::Token).map_err(refuse)
+                t.verify(cred).map(AuthOutcome::Token).map_err(refuse)
             }
         }
     }

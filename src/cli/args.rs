@@ -192,6 +192,10 @@ pub enum Command {
         /// Print only the JWT.
         #[arg(long)]
         value: bool,
+        /// The token's subject (`sub`), whose tokens share a `by = "credential"` rate-limit
+        /// bucket: 1 to 128 of A-Z a-z 0-9 - _ . : @ (default: a random UUID).
+        #[arg(long, value_name = "S")]
+        subject: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },

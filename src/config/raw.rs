@@ -192,6 +192,8 @@ pub struct RawService {
     pub primary_key: Option<String>,
     pub secondary_key: Option<String>,
     pub health: Option<RawHealth>,
+    #[serde(default)]
+    pub rate_limit: Vec<RawRateLimit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,4 +205,15 @@ pub struct RawHealth {
     pub failure_threshold: Option<u32>,
     pub success_threshold: Option<u32>,
     pub initial_delay: Option<String>,
+}
+
+/// `[[service.rate_limit]]` (contract §7; checked in `config::rate_limit`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests: Option<i64>,
+    pub per: Option<String>,
+    pub by: Option<String>,
+    pub burst: Option<i64>,
+    pub name: Option<String>,
 }

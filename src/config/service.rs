@@ -160,6 +160,7 @@ impl Validator {
         if health.failure_threshold == 0 || health.success_threshold == 0 {
             self.problem(&format!("{key}.health"), "thresholds must be at least 1");
         }
+        let rate_limits = self.rate_limits(key, auth, raw.rate_limit);
         ServiceConfig {
             name: raw.name,
             auth,
@@ -178,6 +179,7 @@ impl Validator {
             primary_key: raw.primary_key.map(Secret::new),
             secondary_key: raw.secondary_key.map(Secret::new),
             health,
+            rate_limits,
         }
     }
 }

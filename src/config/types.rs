@@ -227,6 +227,8 @@ pub struct ServiceConfig {
     #[serde(serialize_with = "view::redacted_option")]
     pub secondary_key: Option<Secret>,
     pub health: HealthConfig,
+    /// `[[service.rate_limit]]`, in config order.
+    pub rate_limits: Vec<super::RateLimitConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -274,6 +276,7 @@ impl ServiceConfig {
             primary_key: None,
             secondary_key: None,
             health: HealthConfig::default(),
+            rate_limits: vec![],
         }
     }
 }

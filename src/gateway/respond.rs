@@ -35,6 +35,7 @@ pub fn backend(resp: Response<PooledBody>, rec: &Record) -> Answer {
         rec.request_id.clone(),
         rec.client_request_id.clone(),
     );
+    rec.rate_limit_headers(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
 }
 
@@ -64,6 +65,7 @@ pub async fn refusal(r: Refused, rec: &Record) -> Answer {
     if let Some(c) = &rec.client_request_id {
         h.insert(X_MS_CLIENT_REQUEST_ID, c.clone());
     }
+    rec.rate_limit_headers(h);
     let left = match r.body {
         Leftover::Unread(body) if body.is_end_stream() => Leftover::Complete,
         Leftover::Unread(body) if r.version >= Version::HTTP_2 => {

@@ -42,6 +42,8 @@ pub struct Service {
     pub upstream: Upstream,
     pub forward: ForwardSettings,
     pub metrics: ServiceMetrics,
+    /// `[[service.rate_limit]]`: the policies and the buckets behind them.
+    pub limits: crate::limit::ServiceLimits,
 }
 
 /// Everything a request needs, immutable once built. A reload builds a new one and swaps it in.
@@ -109,6 +111,7 @@ pub struct Built {
     /// Backends with the probe settings the new snapshot gives them; `true` for new ones.
     backends: Vec<(Arc<Backend>, ProbeSettings, bool)>,
     new_issuers: Vec<Arc<TrustedIssuer>>,
+    limits: crate::limit::Pending,
 }
 
 /// What a failed admin write reports.
@@ -138,6 +141,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Runtime state of backends by URL, shared by every snapshot that names them.
     backends: Mutex<HashMap<String, Weak<Backend>>>,
+    /// Rate-limit buckets by policy, shared by every snapshot that keeps the policy.
+    pub limits: crate::limit::Registry,
     /// Serialises everything that writes the store: reloads and admin writes.
     pub writes: tokio::sync::Mutex<()>,
     /// False until started, and again while draining (`/readyz`).
@@ -202,6 +207,7 @@ impl Shared {
         let mut keys = BTreeMap::new();
         let mut backends: Vec<(Arc<Backend>, ProbeSettings, bool)> = Vec::new();
         let mut services = HashMap::with_capacity(config.services.len());
+        let mut limits = crate::limit::Pending::default();
         for sc in &config.services {
             let auth = match sc.auth {
                 AuthMode::None => ServiceAuth::None,
@@ -291,6 +297,7 @@ impl Shared {
                 },
                 upstream: Upstream::new(ups, sc.backend_protocol),
                 metrics: self.metrics.for_service(&sc.name, &[DEFAULT_DEPLOYMENT]),
+                limits: self.limits.build(sc, &mut limits),
             };
             services.insert(sc.name.clone(), Arc::new(svc));
         }
@@ -313,6 +320,7 @@ impl Shared {
             signing,
             backends,
             new_issuers,
+            limits,
         })
     }
 
@@ -326,6 +334,7 @@ impl Shared {
             signing,
             backends,
             new_issuers,
+            limits,
         } = built;
         {
             let mut ring = BTreeMap::new();
@@ -352,6 +361,7 @@ impl Shared {
         for i in &new_issuers {
             i.start_refresh();
         }
+        self.limits.publish(limits);
         *self.state.lock().unwrap() = state;
         self.snapshot.store(Arc::new(snapshot));
     }

@@ -75,6 +75,7 @@ impl Shared {
         .await
         .expect("start-up loading does not panic")?;
         publish_cert_metrics(&metrics, &certs);
+        let limits = crate::limit::Registry::new(&metrics.registry);
         let certs = Arc::new(SniResolver::new(certs));
         let tls_config = crate::tls::server_config(certs.clone());
         let shared = Arc::new(Shared {
@@ -93,6 +94,7 @@ impl Shared {
             signer: Arc::new(Signer::new(SigningSet::build(&opened.state.signing.keys)?)),
             metrics,
             backends: std::sync::Mutex::default(),
+            limits,
             writes: tokio::sync::Mutex::new(()),
             ready: Default::default(),
             store_ready: std::sync::atomic::AtomicBool::new(true),
@@ -106,6 +108,11 @@ impl Shared {
             if opened.from_cache {
                 shared.store_ready.store(true, Ordering::Relaxed);
             } else {
+                shared
+                    .metrics
+                    .store
+                    .last_sync
+                    .set(crate::store::plan::unix_now(SystemTime::now()) as f64);
                 redis.register(&shared.replica_info()).await.ok();
                 if opened.meta_missing {
                     shared.write_back(&opened.state).await;
@@ -263,7 +270,10 @@ impl Shared {
         };
         for attempt in 1..=WRITE_ATTEMPTS {
             let base = self.store.read().await?;
-            let Some(rec) = base.services.get(name) else {
+            // A store that lost its data (and has not been written back yet) lacks the record:
+            // write this replica's copy, changed, if it is still absent (create-if-absent).
+            let known = self.record(name);
+            let Some(rec) = base.services.get(name).or(known.as_ref()) else {
                 return Err(WriteError::UnknownService(name.into()));
             };
             let next_rec =

@@ -121,6 +121,12 @@ pub async fn reseal(config: &Config) -> Result<String, StoreError> {
     ))
 }
 
+/// Deletes every key under the config's prefix (for the bench's throwaway prefix); returns how
+/// many keys went.
+pub async fn purge(config: &Config) -> Result<u64, StoreError> {
+    connect(config).await?.purge().await
+}
+
 /// What `scoregate check` reports of a shared store: `Ok` lines to print, and warnings; an
 /// `Err` fails the check (a wrong password, a Redis Cluster, a sealing key that does not
 /// unseal the store, a newer format).

@@ -14,23 +14,43 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    /// `--requirepass`: the default user's password (`cli` authenticates with it).
+    password: Option<String>,
+    /// More `redis-server` arguments.
+    extra: Vec<String>,
 }
 
 impl Redis {
     /// A fresh, empty Redis.
     pub fn start() -> Redis {
+        Self::start_with(None, &[])
+    }
+
+    /// A fresh, empty Redis whose default user needs `password` (`--requirepass`).
+    pub fn start_with_password(password: &str) -> Redis {
+        Self::start_with(Some(password.to_string()), &[])
+    }
+
+    /// A fresh node with cluster mode on (`INFO` says `cluster_enabled:1`), no slots assigned.
+    pub fn start_cluster_node() -> Redis {
+        Self::start_with(
+            None,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ],
+        )
+    }
+
+    fn start_with(password: Option<String>, extra: &[&str]) -> Redis {
         let mut r = Redis {
-            port: free_port(),
+            port: super::fleet::reserve_port(),
             child: None,
             dir: super::tempdir("redis"),
+            password,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         r.spawn();
         r
@@ -52,6 +72,12 @@ impl Redis {
                 "--loglevel",
                 "warning",
             ])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass".to_string(), p.clone()]),
+            )
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -64,14 +90,25 @@ impl Redis {
         }
     }
 
+    /// The URL without credentials.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The URL with `user:password@` (`user` may be empty: the default user).
+    pub fn url_with(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}/0", self.port)
     }
 
     /// Runs `redis-cli` against it; its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string(), "--raw"])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["-a".to_string(), p.clone(), "--no-auth-warning".into()]),
+            )
             .args(args)
             .stderr(Stdio::null())
             .output()
@@ -79,7 +116,7 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
@@ -110,12 +147,31 @@ impl Redis {
     /// Started again on the same port, empty (a Redis without persistence after a restart).
     pub fn restart_empty(&mut self) {
         self.kill();
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        self.start_again();
+    }
+
+    /// Writes a snapshot (`SAVE`) that the next `start_again` loads: a Redis with persistence.
+    pub fn save(&self) {
+        assert_eq!(self.cli(&["SAVE"]).trim(), "OK");
+    }
+
+    /// Started again on the same port (after `kill`), with the data of the last `save`, if any.
+    pub fn start_again(&mut self) {
+        self.kill();
         let t = Instant::now();
         while std::net::TcpListener::bind(("127.0.0.1", self.port)).is_err() {
             assert!(t.elapsed() < super::STEP, "the port stays taken");
             std::thread::sleep(Duration::from_millis(20));
         }
         self.spawn();
+    }
+
+    /// One field of a hash (`HGET`), `None` when absent.
+    pub fn hget(&self, key: &str, field: &str) -> Option<String> {
+        let out = self.cli(&["HGET", key, field]);
+        let v = out.strip_suffix('\n').unwrap_or(&out);
+        (!v.is_empty()).then(|| v.to_string())
     }
 
     /// Every key under `prefix`, with its type.

@@ -97,11 +97,24 @@ pub struct RedisStore {
     /// The live replicas as last read, and this replica's id.
     replicas: Mutex<Vec<ReplicaInfo>>,
     pub replica_id: String,
+    /// The connection tasks of `client` and `subscriber`. With `fail_fast`, a first connection
+    /// that fails ends its task (fred reconnects only a connection that once worked): `ping`
+    /// starts a new one. Aborted when the store is dropped, so that a store given up (a failed
+    /// start) leaves no connection behind.
+    connections: Mutex<[Option<fred::types::ConnectHandle>; 2]>,
     cas: Script,
     write_back: Script,
     read_all: Script,
     ensure_meta: Script,
     register: Script,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        for t in self.connections.get_mut().unwrap().iter().flatten() {
+            t.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -226,6 +239,7 @@ impl RedisStore {
             meta_key_id: Mutex::new(None),
             replicas: Mutex::new(Vec::new()),
             replica_id: replica_id(),
+            connections: Mutex::new([None, None]),
             cas: Script::from_lua(scripts::CAS),
             write_back: Script::from_lua(scripts::WRITE_BACK),
             read_all: Script::from_lua(scripts::READ_ALL),
@@ -238,24 +252,50 @@ impl RedisStore {
     /// keep reconnecting in the background afterwards.
     pub async fn connect(&self) -> Result<(), StoreError> {
         let wait = self.timeout.max(Duration::from_secs(1));
-        for c in [&self.client, &self.subscriber] {
+        for (i, c) in [&self.client, &self.subscriber].into_iter().enumerate() {
             if c.is_connected() {
                 continue;
             }
-            let _task = c.connect();
-            match tokio::time::timeout(wait, c.wait_for_connect()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(classify(&e)),
-                Err(_) => {
+            self.start_connection(i);
+            // Watched rather than `wait_for_connect`, which only sees a result announced after
+            // it subscribed: a first connection that failed fast (wrong credentials) ended
+            // unseen, and was taken for an unreachable store.
+            let deadline = tokio::time::Instant::now() + wait;
+            while !c.is_connected() {
+                let ended = {
+                    let mut tasks = self.connections.lock().unwrap();
+                    if tasks[i].as_ref().is_some_and(|t| t.is_finished()) {
+                        tasks[i].take()
+                    } else {
+                        None
+                    }
+                };
+                if let Some(task) = ended {
+                    return Err(match task.await {
+                        Ok(Err(e)) => classify(&e),
+                        _ => StoreError::Unavailable(format!("no connection to {}", self.url)),
+                    });
+                }
+                if tokio::time::Instant::now() >= deadline {
                     return Err(StoreError::Unavailable(format!(
                         "no connection to {} within {wait:?}",
                         self.url
                     )));
                 }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         self.succeeded();
         Ok(())
+    }
+
+    /// Starts the connection task of `client` (0) or `subscriber` (1) unless one is running.
+    fn start_connection(&self, i: usize) {
+        let c = [&self.client, &self.subscriber][i];
+        let mut tasks = self.connections.lock().unwrap();
+        if tasks[i].as_ref().is_none_or(|t| t.is_finished()) {
+            tasks[i] = Some(c.connect());
+        }
     }
 
     pub fn key(&self, name: &str) -> String {
@@ -330,8 +370,12 @@ impl RedisStore {
         }
     }
 
-    /// One PING, sent even while unreachable (the way back up).
+    /// One PING, sent even while unreachable (the way back up). A client whose first
+    /// connection failed (a start from the cache) connects again first.
     pub async fn ping(&self) -> bool {
+        for i in 0..2 {
+            self.start_connection(i);
+        }
         self.op("ping", self.client.ping::<String>(None))
             .await
             .is_ok()
@@ -704,7 +748,7 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The live replicas, read now without registering (for `check`).
+    /// The live replicas, read now without registering (`check`, `GET /v1/replicas`).
     pub async fn live_replicas(&self) -> Result<Vec<ReplicaInfo>, StoreError> {
         let ids: Vec<String> = self
             .op(
@@ -743,6 +787,33 @@ impl RedisStore {
                     .get(service)
                     .is_some_and(|m| mode.is_none_or(|want| m == want))
         })
+    }
+
+    /// Deletes every key under the prefix (SCAN + UNLINK, a page at a time); returns how many.
+    /// For throwaway prefixes (`scoregate bench --store`), never for a fleet's own.
+    pub async fn purge(&self) -> Result<u64, StoreError> {
+        use fred::types::scan::Scanner;
+        use futures_util::TryStreamExt;
+        // The prefix is matched literally: glob characters in it are escaped.
+        let mut pattern = String::with_capacity(self.prefix.len() + 1);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let mut pages = std::pin::pin!(self.client.scan(pattern, Some(500), None));
+        let mut removed = 0u64;
+        while let Some(mut page) = self.op("read", pages.try_next()).await? {
+            if let Some(keys) = page.take_results()
+                && !keys.is_empty()
+            {
+                let n: u64 = self.op("write", self.client.unlink(keys)).await?;
+                removed += n;
+            }
+        }
+        Ok(removed)
     }
 
     /// `INFO server` and `INFO cluster` facts for `check`: the server version and whether it is
