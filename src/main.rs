@@ -3,12 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use http::Method;
-use scoregate::cli::args::{
-    Cli, Command, ConfigCommand, KeysCommand, ServiceCommand, StoreCommand,
-};
-use scoregate::cli::output::Output;
-use scoregate::cli::{self, ConfigPath, UsageError, admin, path_segment};
+use scoregate::cli::args::{Cli, Command};
+use scoregate::cli::{self, ConfigPath, UsageError};
 use scoregate::config::{Config, LogFormat};
 
 fn init_logging(format: LogFormat, access: bool) {
@@ -73,68 +69,23 @@ fn main() -> ExitCode {
                 .and_then(|()| scoregate::check::run(&path.path, strict))
         }
         Command::Bench(args) => scoregate::bench::run(args),
-        Command::Store { command, config } => store_command(command, &config.with(&global)),
-        Command::Reload { output, admin } => admin::reload(&admin.with(&global), output),
+        Command::Store { command, config } => cli::store::run(command, &config.with(&global)),
+        Command::Reload { output, admin } => cli::reload::run(&admin.with(&global), output),
         Command::Invoke(args) => cli::invoke::run(args, &global),
         Command::Healthcheck {
             ready,
             timeout,
             admin,
-        } => admin::healthcheck(&admin.with(&global), ready, timeout),
-        Command::Config { command, admin } => match command {
-            ConfigCommand::Show => admin::admin_call(
-                &admin.with(&global),
-                Method::GET,
-                "/v1/config",
-                None,
-                Output::Json,
-            ),
-        },
-        Command::Service { command, admin } => {
-            let opts = admin.with(&global);
-            match command {
-                ServiceCommand::List { output } => admin::service_list(&opts, output),
-                ServiceCommand::Show { name } => admin::admin_call(
-                    &opts,
-                    Method::GET,
-                    &format!("/v1/services/{}", path_segment(&name)),
-                    None,
-                    Output::Json,
-                ),
-            }
-        }
-        Command::Keys { command, admin } => {
-            let opts = admin.with(&global);
-            match command {
-                KeysCommand::List {
-                    name,
-                    value,
-                    output,
-                } => admin::keys_list(&opts, &name, value, output),
-                KeysCommand::Regen {
-                    name,
-                    key,
-                    new_value,
-                    print_value,
-                } => admin::regen(&opts, &name, &key, new_value.as_deref(), print_value),
-            }
-        }
+        } => cli::healthcheck::run(&admin.with(&global), ready, timeout),
+        Command::Config { command, admin } => cli::reload::config(command, &admin.with(&global)),
+        Command::Service { command, admin } => cli::service::run(command, &admin.with(&global)),
+        Command::Keys { command, admin } => cli::keys::run(command, &admin.with(&global)),
         Command::Token {
             name,
             value,
             subject,
             admin,
-        } => admin::admin_call(
-            &admin.with(&global),
-            Method::POST,
-            &format!("/v1/services/{}/token", path_segment(&name)),
-            subject.map(|s| serde_json::json!({ "subject": s })),
-            if value {
-                Output::Field("accessToken")
-            } else {
-                Output::Json
-            },
-        ),
+        } => cli::token::run(&admin.with(&global), &name, subject, value),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,21 +98,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-fn store_command(command: StoreCommand, path: &ConfigPath) -> anyhow::Result<()> {
-    let config = path.load()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let done = rt.block_on(async {
-        match command {
-            StoreCommand::Import => scoregate::store::admin::import(&config).await,
-            StoreCommand::Reseal => scoregate::store::admin::reseal(&config).await,
-        }
-    })?;
-    println!("{done}");
-    Ok(())
 }
 
 fn serve(path: &ConfigPath, pid_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {

@@ -1,14 +1,22 @@
-//! The command line (`args`) and the commands other than `serve`, `demo`, `check` and `bench`:
-//! the admin API commands (`admin`: `service`, `keys`, `token`, `reload`, `config show`,
-//! `healthcheck`), `invoke` (a scoring call through the gateway), and how they print (`output`).
+//! The command line (`args`) and the commands other than `serve`, `demo`, `check` and `bench`,
+//! one module per command group: `service`, `keys`, `token`, `reload` (with `config show`),
+//! `healthcheck`, `invoke` (a scoring call through the gateway) and `store`. `admin` is how they
+//! reach the admin API, `output` how they print (JSON, tables). A new command adds its arguments
+//! to `args::Command`, a module here with a `run`, and one line to `main`'s dispatch.
 //!
 //! Exit status: 0 success, 1 failure, 2 usage error — clap's own for a bad argument, and
 //! `UsageError` for ours (no config file).
 
 pub mod admin;
 pub mod args;
+pub mod healthcheck;
 pub mod invoke;
+pub mod keys;
 pub mod output;
+pub mod reload;
+pub mod service;
+pub mod store;
+pub mod token;
 
 use std::path::{Path, PathBuf};
 
