@@ -141,6 +141,8 @@ async fn api(
             regenerate(shared, name, &body).await
         }
         (&Method::POST, ["services", name, "token"]) => issue_token(shared, &snap, name, &body),
+        // The effective config (start-time settings as running), secrets redacted: `nginx -T`.
+        (&Method::GET, ["config"]) => Ok(json(StatusCode::OK, &snap.config.redacted_json())),
         (&Method::GET, ["replicas"]) => Ok(json(
             StatusCode::OK,
             &serde_json::to_value(match shared.store.redis() {
@@ -175,6 +177,7 @@ async fn api(
             | ["services", _]
             | ["services", _, "listKeys" | "regenerateKeys" | "token"]
             | ["reload"]
+            | ["config"]
             | ["replicas"],
         ) => Err(AdminError::method_not_allowed()),
         _ => Err(AdminError::not_found()),
