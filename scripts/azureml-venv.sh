@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # azureml-venv.sh - install the Azure ML inference server (azmlinfsrv, PyPI package
-# azureml-inference-server-http) and `requests` into a venv for the end-to-end test
-# (tests/azureml.rs), and print the absolute path of the azmlinfsrv executable.
+# azureml-inference-server-http), `requests` and `httpx[http2]` into a venv for the end-to-end
+# tests (tests/azureml.rs; tests/hardening_h2.rs drives httpx over HTTP/2), and print the absolute
+# path of the azmlinfsrv executable.
 #
 #   SCOREGATE_AZMLINFSRV="$(scripts/azureml-venv.sh)" cargo test --test azureml
 #
@@ -10,8 +11,9 @@
 # nothing else; progress goes to stderr.
 set -euo pipefail
 
-# The version the test was written and measured against.
+# The versions the tests were written and measured against.
 AZML_VERSION="1.5.1"
+HTTPX_VERSION="0.28.1"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SCOREGATE_VENV:-$REPO/target/azml-venv}"
@@ -23,10 +25,13 @@ PY="$VENV/bin/python"
 installed() {
     [[ -x "$SRV" && -x "$PY" ]] || return 1
     # No pip here: `pip show` costs a second; importlib.metadata reads the same record.
-    "$PY" - "$AZML_VERSION" <<'EOF' 2>/dev/null
+    "$PY" - "$AZML_VERSION" "$HTTPX_VERSION" <<'EOF' 2>/dev/null
 import sys
 from importlib.metadata import version
-sys.exit(0 if version("azureml-inference-server-http") == sys.argv[1] and version("requests") else 1)
+sys.exit(0 if version("azureml-inference-server-http") == sys.argv[1]
+         and version("requests")
+         and version("httpx") == sys.argv[2]
+         and version("h2") else 1)
 EOF
 }
 
@@ -35,10 +40,10 @@ if ! installed; then
         echo "azureml-venv: creating $VENV" >&2
         python3 -m venv "$VENV" >&2
     fi
-    echo "azureml-venv: installing azureml-inference-server-http==$AZML_VERSION and requests" >&2
+    echo "azureml-venv: installing azureml-inference-server-http==$AZML_VERSION, requests and httpx[http2]==$HTTPX_VERSION" >&2
     "$PY" -m pip install -q --disable-pip-version-check \
-        "azureml-inference-server-http==$AZML_VERSION" requests >&2
+        "azureml-inference-server-http==$AZML_VERSION" requests "httpx[http2]==$HTTPX_VERSION" >&2
     installed || { echo "azureml-venv: install did not produce $SRV" >&2; exit 1; }
 fi
-echo "azureml-venv: azureml-inference-server-http $AZML_VERSION in $VENV" >&2
+echo "azureml-venv: azureml-inference-server-http $AZML_VERSION, httpx $HTTPX_VERSION in $VENV" >&2
 echo "$SRV"

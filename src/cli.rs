@@ -7,7 +7,6 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -181,64 +180,4 @@ pub fn regen(
             Output::Json
         },
     )
-}
-
-/// `scoregate check`: validates config and certificates and prints what would be served.
-pub fn check(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    let certs = crate::tls::load_all(&config.tls)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config.source.display()))?;
-    println!("config   {}", config.source.display());
-    for a in &config.listen.addresses {
-        println!("listen   {a}");
-    }
-    println!(
-        "admin    {} (token file {})",
-        config.admin.address,
-        config.admin.token_file.display()
-    );
-    println!("state    {}", abs(&config.state_dir).display());
-    for (c, e) in certs.certs.iter().zip(&config.tls.certificates) {
-        let now = SystemTime::now();
-        let left = c
-            .not_after
-            .duration_since(now)
-            .map(|d| format!("{} days left", d.as_secs() / 86_400))
-            .unwrap_or_else(|_| "EXPIRED".into());
-        if now > c.not_after || now < c.not_before {
-            eprintln!(
-                "warning: certificate for {} is {} (an error with [tls] strict = true)",
-                c.cname,
-                if now > c.not_after {
-                    "expired"
-                } else {
-                    "not valid yet"
-                }
-            );
-        }
-        println!(
-            "cert     {}  SANs {:?}  expires {} ({left})  chain of {}\n           cert {}\n           key  {}",
-            c.cname,
-            c.names,
-            humantime::format_rfc3339_seconds(c.not_after),
-            c.chain_len,
-            abs(&e.cert).display(),
-            abs(&e.key).display()
-        );
-    }
-    for s in &config.services {
-        let backends: Vec<String> = s.backends.iter().map(|b| b.to_string()).collect();
-        println!(
-            "service  {}  auth={}  backends={}",
-            s.name,
-            s.auth.as_str(),
-            backends.join(",")
-        );
-    }
-    println!("ok");
-    Ok(())
-}
-
-fn abs(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }

@@ -12,9 +12,20 @@ pub struct DemoOptions {
     pub admin: SocketAddr,
 }
 
+/// The demo's temp dir (throwaway keys and certificates): removed when the demo ends, however
+/// it ends — also when it cannot start.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs the demo until Ctrl-C (or SIGTERM), then stops cleanly and removes its temp dir.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
-    let dir: PathBuf = std::env::temp_dir().join(format!("scoregate-demo-{}", std::process::id()));
+    let tmp = TempDir(std::env::temp_dir().join(format!("scoregate-demo-{}", std::process::id())));
+    let dir = tmp.0.clone();
     let certs = crate::certgen::write_demo_certs(&dir.join("certs"), &["localhost", "127.0.0.1"])?;
     let model = crate::sample_model::spawn().await?;
     let mut config = Config::new_in_code(
@@ -34,7 +45,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         vec![format!("http://{model}").parse()?],
     ));
     let drain = config.server.drain_timeout;
-    let server = crate::server::start(config).await?;
+    let server = crate::server::start(config).await.map_err(|e| {
+        if e.to_string().contains("cannot listen on") {
+            e.context(format!(
+                "is another scoregate demo running? Pick another port: scoregate demo --listen 127.0.0.1:{}",
+                opts.listen.port().wrapping_add(1).max(1024)
+            ))
+        } else {
+            e
+        }
+    })?;
     let keys = server.shared.keys("iris")?;
     let port = server.addrs[0].port();
     let uri = format!("https://localhost:{port}/api/v1/service/iris/score");
@@ -66,6 +86,6 @@ Score two flowers:
     crate::signals::wait_for_stop().await;
     println!("stopping...");
     server.shutdown(drain).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
     Ok(())
 }

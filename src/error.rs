@@ -123,16 +123,27 @@ pub enum GatewayError {
     RequestTimeout(Duration),
     #[error("request body over {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    /// A rate limit of the service (contract §7); `policy` is the refusing policy with the
+    /// longest wait, `retry_after` that wait in whole seconds, rounded up.
+    #[error("rate limit {policy:?}: retry after {retry_after}s")]
+    TooManyRequests {
+        retry_after: u32,
+        policy: std::sync::Arc<str>,
+    },
     #[error("overloaded: {}", .0.as_str())]
     Overloaded(Overload),
     #[error("backend unavailable")]
     BackendUnavailable(#[source] BackendError),
     #[error("backend did not answer within {0:?}")]
     ScoringTimeout(Duration),
+    /// A replica started from its cache has no record of this key- or token-mode service while
+    /// the shared store is unreachable (contract §6).
+    #[error("the shared store is unreachable and this replica has no record of the service")]
+    StoreUnavailable,
 }
 
 /// Every error code the gateway can answer with, for metrics and tests.
-pub const CODES: [&str; 11] = [
+pub const CODES: [&str; 13] = [
     "BadRequest",
     "NotFound",
     "ServiceNotFound",
@@ -141,9 +152,11 @@ pub const CODES: [&str; 11] = [
     "Unauthorized",
     "RequestTimeout",
     "PayloadTooLarge",
+    "TooManyRequests",
     "ServiceOverloaded",
     "BackendUnavailable",
     "ScoringTimeout",
+    "StoreUnavailable",
 ];
 
 impl GatewayError {
@@ -156,9 +169,11 @@ impl GatewayError {
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BackendUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::ScoringTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -173,9 +188,11 @@ impl GatewayError {
             GatewayError::Unauthorized { .. } => "Unauthorized",
             GatewayError::RequestTimeout(_) => "RequestTimeout",
             GatewayError::PayloadTooLarge { .. } => "PayloadTooLarge",
+            GatewayError::TooManyRequests { .. } => "TooManyRequests",
             GatewayError::Overloaded(_) => "ServiceOverloaded",
             GatewayError::BackendUnavailable(_) => "BackendUnavailable",
             GatewayError::ScoringTimeout(_) => "ScoringTimeout",
+            GatewayError::StoreUnavailable => "StoreUnavailable",
         }
     }
 
@@ -196,8 +213,9 @@ impl GatewayError {
             | GatewayError::Forbidden
             | GatewayError::Unauthorized { .. }
             | GatewayError::RequestTimeout(_)
-            | GatewayError::PayloadTooLarge { .. } => Side::Client,
-            GatewayError::Overloaded(_) => Side::Gateway,
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::TooManyRequests { .. } => Side::Client,
+            GatewayError::Overloaded(_) | GatewayError::StoreUnavailable => Side::Gateway,
             GatewayError::BackendUnavailable(_) | GatewayError::ScoringTimeout(_) => Side::Backend,
         }
     }
@@ -241,6 +259,13 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { limit } => {
                 format!("The request body is larger than this service's limit of {limit} bytes.")
             }
+            GatewayError::TooManyRequests {
+                retry_after,
+                policy,
+            } => format!(
+                "Rate limit '{policy}' of this service reached. Retry after {retry_after} second{}.",
+                if *retry_after == 1 { "" } else { "s" }
+            ),
             GatewayError::Overloaded(what) => format!(
                 "The service is overloaded ({}). Retry after the time in Retry-After.",
                 what.as_str()
@@ -252,6 +277,9 @@ impl GatewayError {
                 "The model did not answer within the scoring timeout of {}.",
                 humantime::format_duration(*t)
             ),
+            GatewayError::StoreUnavailable => {
+                "This gateway cannot check credentials for the service right now (its shared store is unreachable). Retry after the time in Retry-After.".into()
+            }
         }
     }
 
@@ -276,6 +304,12 @@ impl GatewayError {
             }
             GatewayError::Overloaded(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::StoreUnavailable => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            GatewayError::TooManyRequests { retry_after, .. } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             _ => {}
         }
@@ -358,6 +392,21 @@ impl AdminError {
             "MethodNotAllowed",
             "Wrong method for this admin endpoint.",
         )
+    }
+
+    /// 503 `StoreUnavailable` with `Retry-After` (contract §6): the shared store is unreachable
+    /// or did not acknowledge a write in time; this replica applied nothing.
+    pub fn store_unavailable(why: &str) -> Self {
+        AdminError {
+            retry_after: Some(5),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "StoreUnavailable",
+                format!(
+                    "{why}. Nothing was applied here; if the write reached the store it takes effect fleet-wide at the next sync, so read the state back before retrying."
+                ),
+            )
+        }
     }
 
     pub fn unauthorized() -> Self {
@@ -449,6 +498,17 @@ mod tests {
             (405, &HeaderValue::from_static("POST"))
         );
 
+        let r = GatewayError::TooManyRequests {
+            retry_after: 7,
+            policy: "client".into(),
+        }
+        .to_response();
+        assert_eq!(
+            (r.status().as_u16(), &r.headers()["retry-after"]),
+            (429, &HeaderValue::from_static("7"))
+        );
+        assert_eq!(body_json(r).await["error"]["code"], "TooManyRequests");
+
         let r = GatewayError::Overloaded(Overload::QueueFull).to_response();
         assert_eq!(r.headers()["retry-after"], "1");
         assert_eq!(body_json(r).await["error"]["code"], "ServiceOverloaded");
@@ -468,16 +528,22 @@ mod tests {
             },
             GatewayError::RequestTimeout(Duration::from_secs(1)),
             GatewayError::PayloadTooLarge { limit: 1 },
+            GatewayError::TooManyRequests {
+                retry_after: 2,
+                policy: "client".into(),
+            },
             GatewayError::Overloaded(Overload::WaitExpired),
             GatewayError::BackendUnavailable(BackendError::NoneAvailable),
             GatewayError::BackendUnavailable(BackendError::Exchange("x".into())),
             GatewayError::ScoringTimeout(Duration::from_secs(1)),
+            GatewayError::StoreUnavailable,
         ];
         for e in &all {
             assert!(CODES.contains(&e.code()), "{}", e.code());
             assert_eq!(e.side() == Side::Client, e.status().is_client_error());
         }
-        assert!(!all[9].reached_backend());
-        assert!(all[10].reached_backend());
+        assert!(!all[8].reached_backend());
+        assert!(!all[10].reached_backend());
+        assert!(all[11].reached_backend());
     }
 }

@@ -34,10 +34,14 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Validate config and certificates (like `nginx -t`).
+    /// Validate config, certificates, JWKS files, the state store and the admin token file, as
+    /// `serve` would at start (like `nginx -t`).
     Check {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Fail on warnings too (an expired or soon expiring certificate), for CI gates.
+        #[arg(long)]
+        strict: bool,
     },
     /// Services, via the admin API.
     Service {
@@ -59,11 +63,33 @@ enum Command {
         /// Print only the JWT.
         #[arg(long)]
         value: bool,
+        /// The token's subject (`sub`), whose tokens share a `by = "credential"` rate-limit
+        /// bucket: 1 to 128 of A-Z a-z 0-9 - _ . : @ (default: a random UUID).
+        #[arg(long, value_name = "S")]
+        subject: Option<String>,
         #[command(flatten)]
         admin: cli::AdminArgs,
     },
+    /// The shared store: move a file store into it, or re-seal it with a new key.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+        /// The config naming the store ([state] store = "redis" and [state.redis]).
+        #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Load harness: drive a built-in (or a running) gateway; req/s, latency, CPU and memory.
     Bench(scoregate::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Write this replica's file store (state.dir/state.json) into a shared store that does not
+    /// know its services yet (refuses otherwise).
+    Import,
+    /// Re-seal every record with secret_key_file, once every replica holds it (with the old key
+    /// as previous_secret_key_file), and name it in the store.
+    Reseal,
 }
 
 #[derive(Subcommand)]
@@ -149,8 +175,9 @@ fn main() -> ExitCode {
             })
         }
         Command::Serve { config } => serve(config),
-        Command::Check { config } => cli::check(&config),
+        Command::Check { config, strict } => scoregate::check::run(&config, strict),
         Command::Bench(args) => scoregate::bench::run(args),
+        Command::Store { command, config } => store_command(command, &config),
         Command::Service { command, admin } => match command {
             ServiceCommand::List => {
                 cli::admin_call(&admin, "GET", "/v1/services", None, cli::Output::Json)
@@ -182,11 +209,16 @@ fn main() -> ExitCode {
                 out,
             } => cli::regen(&admin, &name, &key, new_value.as_deref(), out.print_value),
         },
-        Command::Token { name, value, admin } => cli::admin_call(
+        Command::Token {
+            name,
+            value,
+            subject,
+            admin,
+        } => cli::admin_call(
             &admin,
             "POST",
             &format!("/v1/services/{}/token", cli::path_segment(&name)),
-            None,
+            subject.map(|s| serde_json::json!({ "subject": s })),
             if value {
                 cli::Output::Field("accessToken")
             } else {
@@ -201,6 +233,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn store_command(command: StoreCommand, path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let done = rt.block_on(async {
+        match command {
+            StoreCommand::Import => scoregate::store::admin::import(&config).await,
+            StoreCommand::Reseal => scoregate::store::admin::reseal(&config).await,
+        }
+    })?;
+    println!("{done}");
+    Ok(())
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {

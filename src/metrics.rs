@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 use crate::auth::AuthOutcome;
 use crate::auth::keys::KeySlot;
 use crate::error::AuthFailure;
+pub use crate::store::metrics::StoreMetrics;
 
 /// Latency buckets (seconds): scoring calls span ~1 ms (tiny models) to a minute (the timeout).
 const BUCKETS: &[f64] = &[
@@ -33,7 +34,16 @@ const BUCKETS: &[f64] = &[
 pub const TLS_FAILURE_REASONS: [&str; 3] = ["protocol", "io", "timeout"];
 /// `scoregate_connections_refused_total{reason}`: listener allow/deny, `limits.max_connections`,
 /// a missing or malformed PROXY header from a trusted proxy.
-pub const REFUSAL_REASONS: [&str; 3] = ["policy", "max_connections", "proxy_protocol"];
+pub const REFUSAL_REASONS: [&str; 4] = [
+    "policy",
+    "max_connections",
+    "max_connections_per_client",
+    "proxy_protocol",
+];
+/// `scoregate_connections_closed_total{reason}`: an HTTP/2 client that cancelled most of its
+/// accepted streams (`cancelled_streams`), an idle connection closed because the connection cap
+/// was near (`pressure`).
+pub const CLOSE_REASONS: [&str; 2] = ["cancelled_streams", "pressure"];
 /// `scoregate_connection_timeouts_total{reason}`: `limits.header_read_timeout` (a request head,
 /// or the first one after TLS, too slow), `limits.idle_timeout` (keep-alive without requests),
 /// `send` (a client that stopped reading its response for `limits.idle_timeout`).
@@ -98,7 +108,10 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     pub connections_refused: IntCounterVec,
     pub connection_timeouts: IntCounterVec,
+    pub connections_closed: IntCounterVec,
+    pub requests_cancelled: IntCounter,
     pub cert_expiry: prometheus::GaugeVec,
+    pub store: StoreMetrics,
     pub reloads: IntCounterVec,
 }
 
@@ -189,6 +202,20 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "scoregate_connections_closed_total",
+                "Client connections the gateway closed early: cancelled_streams (an HTTP/2 client that cancels most accepted streams), pressure (idle, near max_connections)",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let requests_cancelled = IntCounter::new(
+            "scoregate_requests_cancelled_total",
+            "Requests whose client went away (closed the connection or reset the stream) before the response ended",
+        )
+        .unwrap();
+        let store = StoreMetrics::new();
         let cert_expiry = prometheus::GaugeVec::new(
             Opts::new(
                 "scoregate_certificate_expiry_timestamp_seconds",
@@ -223,6 +250,9 @@ impl Metrics {
         for r in TIMEOUT_REASONS {
             connection_timeouts.with_label_values(&[r]);
         }
+        for r in CLOSE_REASONS {
+            connections_closed.with_label_values(&[r]);
+        }
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(requests.clone()),
             Box::new(request_duration.clone()),
@@ -236,11 +266,13 @@ impl Metrics {
             Box::new(tls_handshake_failures.clone()),
             Box::new(connections_refused.clone()),
             Box::new(connection_timeouts.clone()),
+            Box::new(connections_closed.clone()),
+            Box::new(requests_cancelled.clone()),
             Box::new(cert_expiry.clone()),
             Box::new(reloads.clone()),
             Box::new(build_info),
         ];
-        for c in collectors {
+        for c in collectors.into_iter().chain(store.collectors()) {
             registry.register(c).expect("metric names are unique");
         }
         Metrics {
@@ -257,7 +289,10 @@ impl Metrics {
             tls_handshake_failures,
             connections_refused,
             connection_timeouts,
+            connections_closed,
+            requests_cancelled,
             cert_expiry,
+            store,
             reloads,
         }
     }

@@ -24,12 +24,17 @@ impl Signals {
         })
     }
 
-    /// Waits for the first SIGINT or SIGTERM. After it, a second one ends the process at once.
-    pub async fn wait_for_stop(mut self) {
+    /// Waits for the first SIGINT or SIGTERM (for a start that can be given up).
+    pub async fn recv_stop(&mut self) {
         tokio::select! {
             _ = self.term.recv() => tracing::info!("SIGTERM: draining"),
             _ = self.int.recv() => tracing::info!("SIGINT: draining"),
         }
+    }
+
+    /// Waits for the first SIGINT or SIGTERM. After it, a second one ends the process at once.
+    pub async fn wait_for_stop(mut self) {
+        self.recv_stop().await;
         tokio::spawn(async move {
             tokio::select! {
                 _ = self.term.recv() => {},

@@ -333,6 +333,9 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Arc<rustls::ServerConfig> {
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's cipher suite order (aws-lc-rs's: AES-GCM first, with hardware support)
+    // rather than the client's.
+    cfg.ignore_client_order = true;
     cfg.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().expect("ticketer");
     Arc::new(cfg)
@@ -341,6 +344,14 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Arc<rustls::ServerConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 11, testssl): the client's cipher order was preferred.
+    #[test]
+    fn the_server_prefers_its_own_cipher_order() {
+        let cfg = server_config(Arc::new(SniResolver::new(CertStore { certs: vec![] })));
+        assert!(cfg.ignore_client_order);
+        assert_eq!(cfg.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+    }
 
     #[test]
     fn wildcards_match_one_label() {

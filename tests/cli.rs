@@ -84,6 +84,89 @@ fn check_accepts_a_good_config_and_prints_what_it_would_serve() {
 }
 
 #[test]
+fn check_prints_each_services_rate_limits() {
+    let pki = Pki::new();
+    let (_dir, path, text) = fixture(&pki);
+    std::fs::write(
+        &path,
+        format!("{text}\n[[service.rate_limit]]\nrequests = 100\nper = \"1m\"\nby = \"client\"\n\n[[service.rate_limit]]\nrequests = 5\nper = \"1s\"\nby = \"credential\"\nburst = 10\nname = \"per-key\"\n"),
+    )
+    .unwrap();
+    let (ok, out, err) = check(&path);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("rate_limit \"client\" by client: 100 per 60s, burst 100"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rate_limit \"per-key\" by credential: 5 per 1s, burst 10"),
+        "{out}"
+    );
+}
+
+/// Regression (issue 11): `check` said ok for configs that `serve` then refused — a missing or
+/// bad JWKS file, an unwritable state dir, an empty admin token file. It now runs the same
+/// loading as the start, and reports every problem (and every certificate entry) in one run.
+#[test]
+fn check_runs_the_same_validation_as_the_start() {
+    let pki = Pki::new();
+    let (dir, path, text) = fixture(&pki);
+    // A JWKS file that is missing, an admin token file that is empty, a state dir that is a file,
+    // and two certificate entries that both fail: five problems, all reported.
+    std::fs::write(dir.join("admin-token"), "\n").unwrap();
+    std::fs::write(dir.join("state-is-a-file"), "x").unwrap();
+    let bad = text
+        .replace("dir = \"state\"", "dir = \"state-is-a-file\"")
+        .replace(
+            "[admin]\naddress = \"127.0.0.1:9090\"",
+            "[admin]\naddress = \"127.0.0.1:9090\"\ntoken_file = \"admin-token\"",
+        )
+        .replace(
+            "[[tls.certificates]]",
+            "[tokens]\n[[tokens.trusted_issuers]]\nissuer = \"https://idp.example.test/\"\naudience = \"api://x\"\nalgorithm = \"RS256\"\njwks = \"missing-jwks.json\"\n\n[[tls.certificates]]\ncname = \"a.example.test\"\ncert = \"certs/none.pem\"\nkey = \"certs/key.pem\"\n\n[[tls.certificates]]",
+        )
+        .replace("cert = \"certs/fullchain.pem\"", "cert = \"certs/also-missing.pem\"");
+    std::fs::write(&path, &bad).unwrap();
+    let (ok, out, err) = check(&path);
+    assert!(!ok, "{out}");
+    for needle in [
+        "5 problems",
+        "tokens.trusted_issuers[0].jwks",
+        "missing-jwks.json",
+        "admin.token_file",
+        "is empty",
+        "state.dir",
+        "tls.certificates[0]",
+        "tls.certificates[1]",
+    ] {
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    }
+}
+
+/// An expired certificate is a warning in the summary line; `--strict` makes it a failure.
+#[test]
+fn check_counts_warnings_and_strict_fails_on_them() {
+    let pki = Pki::new();
+    let (dir, path, _) = fixture(&pki);
+    let soon = pki.ca.leaf(
+        &["scoring.example.test"],
+        &LeafOptions {
+            not_before: Some((2020, 1, 1)),
+            not_after: Some((2021, 1, 1)),
+            ..Default::default()
+        },
+    );
+    std::fs::write(dir.join("certs/fullchain.pem"), &soon.chain_pem).unwrap();
+    std::fs::write(dir.join("certs/key.pem"), &soon.key_pem).unwrap();
+    let (ok, out, err) = check(&path);
+    assert!(ok, "{out}{err}");
+    assert!(out.trim_end().ends_with("ok, 1 warning"), "{out}");
+    assert!(err.contains("has expired"), "{err}");
+    let (ok, _, err) = run(bin().args(["check", "--strict", "--config"]).arg(&path));
+    assert!(!ok && err.contains("--strict"), "{err}");
+}
+
+#[test]
 fn check_rejects_each_kind_of_bad_config_naming_the_problem() {
     let pki = Pki::new();
     let (dir, path, text) = fixture(&pki);
@@ -150,6 +233,12 @@ fn check_rejects_each_kind_of_bad_config_naming_the_problem() {
         (
             text.replace("[listen]", "[listen]\nallow = [\"10.0.0.0/40\"]"),
             &["listen.allow[0]"],
+        ),
+        (
+            format!(
+                "{text}\n[[service.rate_limit]]\nrequests = 10\nper = \"1500ms\"\nby = \"client\"\n"
+            ),
+            &["service[0].rate_limit[0].per", "whole seconds"],
         ),
         ("this is not toml".into(), &["TOML parse error"]),
     ];
@@ -306,4 +395,64 @@ async fn admin_cli_lists_shows_and_rotates_keys_against_a_running_gateway() {
     let (ok, _, err) = admin_cmd(&gw, &wrong, &["service", "list"]);
     assert!(!ok && err.contains("401"), "{err}");
     gw.stop().await;
+}
+
+/// Regression (issue 11): a demo that could not start (its port taken) left its temp dir, with
+/// keys in it, behind; it now removes it and suggests another port.
+/// `scoregate token NAME --subject S`: the token's `sub` is S (its rate-limit subject).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_cli_takes_a_subject() {
+    use base64::Engine;
+    let pki = Pki::new();
+    let backend = Backend::start().await;
+    let gw = Gw::start(config(
+        &pki,
+        vec![service("tok", AuthMode::Token, &[backend.url()])],
+    ))
+    .await;
+    let token_file = gw.server.shared.snapshot().config.admin.token_file.clone();
+    let claims = |jwt: &str| -> serde_json::Value {
+        let payload = jwt.trim().split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let (ok, out, err) = admin_cmd(
+        &gw,
+        &token_file,
+        &["token", "tok", "--subject", "alice@example.com", "--value"],
+    );
+    assert!(ok, "{err}");
+    let c = claims(&out);
+    assert_eq!(c["sub"], "alice@example.com");
+    assert!(c["jti"].as_str().is_some_and(|j| !j.is_empty()));
+    let (ok, out, _) = admin_cmd(&gw, &token_file, &["token", "tok", "--value"]);
+    assert!(ok);
+    assert_eq!(claims(&out)["sub"].as_str().unwrap().len(), 36, "a UUID");
+    let (ok, _, err) = admin_cmd(&gw, &token_file, &["token", "tok", "--subject", "a b"]);
+    assert!(!ok && err.contains("subject"), "{err}");
+    gw.stop().await;
+}
+
+#[test]
+fn a_demo_that_cannot_start_cleans_up_and_suggests_another_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let child = bin()
+        .args(["demo", "--listen", &addr.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot listen on") && err.contains("--listen 127.0.0.1:"),
+        "{err}"
+    );
+    let dir = std::env::temp_dir().join(format!("scoregate-demo-{pid}"));
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }

@@ -291,7 +291,19 @@ async fn every_gateway_error_agrees_in_response_log_and_metrics() {
     busy.max_concurrent_requests_per_backend = 1;
     busy.max_request_wait_time = Duration::from_millis(50);
     let dead_svc = service("errs-dead", AuthMode::None, &[format!("http://{dead}")]);
-    let gw = Gw::start(config(&pki, vec![keyed, denied, timeout, busy, dead_svc])).await;
+    let mut limited = service("errs-limit", AuthMode::None, &[ok.url()]);
+    limited.rate_limits = vec![scoregate::config::RateLimitConfig::new(
+        "one",
+        scoregate::config::RateLimitBy::Service,
+        1,
+        Duration::from_secs(3600),
+        1,
+    )];
+    let gw = Gw::start(config(
+        &pki,
+        vec![keyed, denied, timeout, busy, dead_svc, limited],
+    ))
+    .await;
     let (key, _) = gw.keys("errs-key");
     let auth = format!("Bearer {key}");
     let client = pki.client();
@@ -312,6 +324,17 @@ async fn every_gateway_error_agrees_in_response_log_and_metrics() {
         })
     };
     eventually("errs-busy's slot is taken", || slow_backend.count() >= 1).await;
+    // errs-limit's one token is spent.
+    let r = once(
+        &client,
+        gw.addr,
+        "POST",
+        "/api/v1/service/errs-limit/score",
+        &[],
+        "{}",
+    )
+    .await;
+    assert_eq!(r.status, 200);
 
     let score = |s: &str| format!("/api/v1/service/{s}/score");
     let cases: Vec<Case> = vec![
@@ -369,6 +392,15 @@ async fn every_gateway_error_agrees_in_response_log_and_metrics() {
             413,
             "PayloadTooLarge",
             Some("errs-key"),
+        ),
+        (
+            "POST",
+            score("errs-limit"),
+            vec![],
+            "{}",
+            429,
+            "TooManyRequests",
+            Some("errs-limit"),
         ),
         (
             "POST",

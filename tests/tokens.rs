@@ -44,7 +44,7 @@ async fn get_token(gw: &Gw, service: &str) -> Value {
 fn own_key(gw: &Gw) -> (String, String, String, String) {
     let dir = gw.server.shared.snapshot().config.state_dir.clone();
     let v: Value = serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
-    let k = v["signingKeys"].as_array().unwrap().last().unwrap();
+    let k = v["signing"]["keys"].as_array().unwrap().last().unwrap();
     (
         k["kid"].as_str().unwrap().into(),
         k["alg"].as_str().unwrap().into(),
@@ -281,12 +281,12 @@ impl Idp {
     }
 
     fn token(&self, kid: &str, iss: &str, aud: &str) -> String {
+        self.token_with(kid, &claims(iss, aud, now(), now() + 600))
+    }
+
+    fn token_with(&self, kid: &str, claims: &Value) -> String {
         let kp = &self.keys.iter().find(|(k, _)| k == kid).unwrap().1;
-        sign_es256(
-            kid,
-            &kp.serialize_pem(),
-            &claims(iss, aud, now(), now() + 600),
-        )
+        sign_es256(kid, &kp.serialize_pem(), claims)
     }
 }
 
@@ -316,6 +316,7 @@ issuer = "https://idp.example.test/"
 audience = "api://scoring"
 algorithm = "ES256"
 jwks = "{jwks}"
+allow_insecure_jwks = {insecure}
 [[tokens.trusted_issuers]]
 issuer = "https://other-idp.example.test/"
 audience = "api://scoring"
@@ -332,6 +333,7 @@ backends = ["{backend}"]
 trusted_issuers = ["https://other-idp.example.test/"]
 {extra}
 "#,
+        insecure = jwks.starts_with("http://"),
         cert = pki_cert.cert.display(),
         key = pki_cert.key.display(),
     );
@@ -382,6 +384,16 @@ async fn trusted_issuer_from_a_jwks_file_with_rotation_by_reload() {
             .0,
         401
     );
+    // Regression (issue 11): a token that lives longer than max_token_lifetime (24 h by
+    // default), from now or from its iat, is refused — a year-9999 token is not cached forever.
+    for (iat, exp) in [(now(), 253_402_300_799), (now(), now() + 2 * 86_400)] {
+        let mut cl = claims(iss, aud, now(), exp);
+        cl["iat"] = json!(iat);
+        assert_eq!(
+            status(&mut c, "iris", &idp.token_with("k1", &cl)).await.0,
+            401
+        );
+    }
     // A service that names its issuers accepts only those.
     assert_eq!(status(&mut c, "strict", &t1).await.0, 401);
     let o = other.token("o1", "https://other-idp.example.test/", aud);
@@ -482,6 +494,37 @@ async fn trusted_issuer_from_a_jwks_url_is_refetched_on_an_unknown_kid() {
         "refetches are rate-limited to one"
     );
     gw.stop().await;
+}
+
+/// Regression (issue 11): a JWKS over plain http:// (anyone on the path could hand out signing
+/// keys) is a config error unless `allow_insecure_jwks = true`.
+#[test]
+fn an_http_jwks_url_needs_allow_insecure_jwks() {
+    let dir = tempdir("insecure-jwks");
+    let pki = Pki::new();
+    let (cert, _) = pki.cert(
+        "localhost",
+        &["localhost"],
+        &scoregate::certgen::LeafOptions::default(),
+    );
+    std::fs::write(dir.join("other-jwks.json"), "{}").unwrap();
+    let path = dir.join("scoregate.toml");
+    write_config(
+        &path,
+        &cert,
+        "http://127.0.0.1:1",
+        "http://idp.example.test/jwks",
+        "",
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("allow_insecure_jwks = true\n", "");
+    std::fs::write(&path, text).unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("tokens.trusted_issuers[0].jwks") && e.contains("allow_insecure_jwks"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

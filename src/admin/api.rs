@@ -2,7 +2,6 @@
 //! contract's JSON shape.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -46,11 +45,37 @@ fn authorized(token: &str, req: &Request<Incoming>) -> bool {
     crate::auth::bearer(req.headers()).is_ok_and(|cred| bool::from(cred.ct_eq(token.as_bytes())))
 }
 
+/// The answers while the gateway is still starting (waiting for its shared store): alive, not
+/// ready, nothing else yet.
+pub fn starting(req: &Request<Incoming>) -> AdminResponse {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/readyz") => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: starting (waiting for the shared store)\n".into(),
+        ),
+        _ => AdminError::store_unavailable(
+            "The gateway is still starting: its shared store has not answered yet",
+        )
+        .to_response(),
+    }
+}
+
 pub async fn route(shared: &Arc<Shared>, token: &str, req: Request<Incoming>) -> AdminResponse {
-    match api(shared, token, req).await {
+    let mut r = match api(shared, token, req).await {
         Ok(r) => r,
         Err(e) => e.to_response(),
+    };
+    // With a shared store, every answer says whether it could reach it (reads answer from
+    // memory either way).
+    if let Some(redis) = shared.store.redis() {
+        r.headers_mut().insert(
+            "x-scoregate-store",
+            header::HeaderValue::from_static(if redis.is_up() { "up" } else { "unreachable" }),
+        );
     }
+    r
 }
 
 async fn api(
@@ -63,7 +88,7 @@ async fn api(
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return Ok(text(StatusCode::OK, "text/plain", "ok\n".into())),
         (&Method::GET, "/readyz") => {
-            return Ok(if shared.ready.load(Ordering::SeqCst) {
+            return Ok(if shared.is_ready() {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 text(
@@ -115,9 +140,24 @@ async fn api(
         (&Method::POST, ["services", name, "regenerateKeys"]) => {
             regenerate(shared, name, &body).await
         }
-        (&Method::POST, ["services", name, "token"]) => issue_token(shared, &snap, name),
+        (&Method::POST, ["services", name, "token"]) => issue_token(shared, &snap, name, &body),
+        (&Method::GET, ["replicas"]) => Ok(json(
+            StatusCode::OK,
+            &serde_json::to_value(match shared.store.redis() {
+                // Read now: the list kept from the last registration (every 5 s) could still
+                // name a replica whose registration has expired.
+                Some(r) => r.live_replicas().await.unwrap_or_else(|_| r.replicas()),
+                None => vec![shared.replica_info()],
+            })
+            .unwrap(),
+        )),
         (&Method::POST, ["reload"]) => match crate::reload::reload(shared).await {
             Ok(report) => Ok(json(StatusCode::OK, &serde_json::to_value(report).unwrap())),
+            Err(crate::reload::ReloadError::Build(crate::state::BuildError::Store(e)))
+                if e.is_unavailable() =>
+            {
+                Err(AdminError::store_unavailable(&e.to_string()))
+            }
             Err(e) if e.is_invalid_input() => Err(AdminError::new(
                 StatusCode::BAD_REQUEST,
                 "InvalidConfig",
@@ -134,7 +174,8 @@ async fn api(
             ["services"]
             | ["services", _]
             | ["services", _, "listKeys" | "regenerateKeys" | "token"]
-            | ["reload"],
+            | ["reload"]
+            | ["replicas"],
         ) => Err(AdminError::method_not_allowed()),
         _ => Err(AdminError::not_found()),
     }
@@ -151,6 +192,10 @@ fn write_error(e: WriteError) -> AdminError {
             AdminError::bad_request(format!("Service '{n}' is not in key mode."))
         }
         WriteError::Invalid(why) => AdminError::bad_request(why),
+        WriteError::Store(e) if e.is_unavailable() => {
+            tracing::warn!(error = %e, "admin write refused: the shared store is unreachable");
+            AdminError::store_unavailable(&e.to_string())
+        }
         WriteError::Store(e) => {
             tracing::error!(error = %e, "state store write failed; the old keys stay in force");
             AdminError::new(
@@ -162,7 +207,40 @@ fn write_error(e: WriteError) -> AdminError {
     }
 }
 
-fn issue_token(shared: &Shared, snap: &Snapshot, name: &str) -> Result<AdminResponse, AdminError> {
+/// A token's subject (`sub`), from the optional body `{"subject": "..."}`: 1 to 128 characters
+/// of `A-Z a-z 0-9 - _ . : @` (contract §7). `None`: no body (a random UUID is used).
+fn token_subject(body: &[u8]) -> Result<Option<String>, AdminError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Req {
+        subject: Option<String>,
+    }
+    if body.trim_ascii().is_empty() {
+        return Ok(None);
+    }
+    let req: Req = serde_json::from_slice(body)
+        .map_err(|e| AdminError::bad_request(format!("Expected {{\"subject\": optional}}: {e}")))?;
+    match req.subject {
+        Some(s)
+            if !(1..=128).contains(&s.len())
+                || !s.bytes().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'@')
+                }) =>
+        {
+            Err(AdminError::bad_request(
+                "subject must be 1 to 128 characters of A-Z a-z 0-9 - _ . : @",
+            ))
+        }
+        s => Ok(s),
+    }
+}
+
+fn issue_token(
+    shared: &Shared,
+    snap: &Snapshot,
+    name: &str,
+    body: &[u8],
+) -> Result<AdminResponse, AdminError> {
     let svc = snap
         .service(name)
         .ok_or_else(|| AdminError::unknown_service(name))?;
@@ -171,8 +249,12 @@ fn issue_token(shared: &Shared, snap: &Snapshot, name: &str) -> Result<AdminResp
             "Service '{name}' is not in token mode."
         )));
     }
+    let subject = token_subject(body)?;
     let t = &snap.config.tokens;
-    match shared.signer.issue(name, None, t.lifetime, t.refresh_after) {
+    match shared
+        .signer
+        .issue(name, subject.as_deref(), t.lifetime, t.refresh_after)
+    {
         Ok(resp) => Ok(json(StatusCode::OK, &serde_json::to_value(resp).unwrap())),
         Err(e) => {
             tracing::error!(error = %e, "token signing failed");
@@ -222,21 +304,36 @@ pub fn service_json(shared: &Shared, snap: &Snapshot, name: &str) -> Option<Valu
     let svc = snap.service(name)?;
     let rec = shared.record(name)?;
     let base = scoring_base(shared, snap);
-    let state = if svc.upstream.any_healthy() {
-        "Succeeded"
-    } else {
-        "Unhealthy"
-    };
+    let backends: Vec<Value> = svc
+        .upstream
+        .backends
+        .iter()
+        .map(|b| backend_json(&b.view()))
+        .collect();
     Some(json!({
         "id": rec.id,
         "name": name,
-        "state": state,
+        "state": svc.upstream.state(),
         "authMode": svc.config.auth.as_str(),
         "createdAt": rec.created_at,
         "updatedAt": rec.updated_at,
         "scoringUri": format!("{base}/api/v1/service/{name}/score"),
         "swaggerUri": format!("{base}/api/v1/service/{name}/swagger.json"),
+        "backends": backends,
     }))
+}
+
+/// One backend of `GET /v1/services/NAME`: `{"url", "up", "consecutiveFailures", "lastError",
+/// "lastErrorAt", "inFlight"}` (`lastError`/`lastErrorAt` null until a failure).
+fn backend_json(b: &crate::proxy::backend::BackendView) -> Value {
+    json!({
+        "url": b.url,
+        "up": b.up,
+        "consecutiveFailures": b.consecutive_failures,
+        "lastError": b.last_error.as_ref().map(|e| e.message.as_str()),
+        "lastErrorAt": b.last_error.as_ref().map(|e| crate::store::plan::rfc3339(e.at)),
+        "inFlight": b.in_flight,
+    })
 }
 
 /// `https://<CNAME>[:port]`, or `listen.public_url` when set.

@@ -38,8 +38,12 @@ pub struct Bound {
     listener: TcpListener,
 }
 
+/// The state the admin API answers from: empty while the gateway is still starting (a replica
+/// waiting for its shared store), when only `/healthz` (200) and `/readyz` (503) answer.
+pub type StateCell = Arc<arc_swap::ArcSwapOption<Shared>>;
+
 pub struct AdminListener {
-    shared: Arc<Shared>,
+    shared: StateCell,
     listener: TcpListener,
     token: Arc<String>,
     pub local_addr: SocketAddr,
@@ -101,14 +105,28 @@ pub async fn bind(cfg: &AdminConfig) -> anyhow::Result<Bound> {
 }
 
 impl Bound {
-    /// Loads (or makes) the admin token; the listener is then ready to serve.
+    /// Loads the admin token (made when missing if `generate`: with a shared store it must come
+    /// from a file, e.g. a Secret, and is never generated); the listener is then ready to serve
+    /// from `shared` (which may still be empty).
     pub async fn start(
         self,
-        shared: Arc<Shared>,
+        shared: StateCell,
         cfg: &AdminConfig,
+        generate: bool,
     ) -> anyhow::Result<AdminListener> {
         let path = cfg.token_file.clone();
-        let token = tokio::task::spawn_blocking(move || load_token(&path, true)).await??;
+        let token = tokio::task::spawn_blocking(move || load_token(&path, generate))
+            .await?
+            .map_err(|e| match e {
+                TokenError::Read { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+                    anyhow::anyhow!(
+                        "admin token file {} does not exist: with a shared store it is never generated (every replica needs the same one, e.g. from a Secret)",
+                        path.display()
+                    )
+                }
+                // The message already holds its cause: no chain to print twice.
+                e => anyhow::anyhow!("{e}"),
+            })?;
         let local_addr = self.listener.local_addr()?;
         tracing::info!(address = %local_addr, token_file = %cfg.token_file.display(), "admin listener ready");
         Ok(AdminListener {
@@ -144,12 +162,17 @@ impl AdminListener {
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 continue;
             };
-            let shared = self.shared.clone();
+            let cell = self.shared.clone();
             let token = self.token.clone();
             let svc = service_fn(move |req| {
-                let shared = shared.clone();
+                let shared = cell.load_full();
                 let token = token.clone();
-                async move { Ok::<_, Infallible>(api::route(&shared, &token, req).await) }
+                async move {
+                    Ok::<_, Infallible>(match shared {
+                        Some(shared) => api::route(&shared, &token, req).await,
+                        None => api::starting(&req),
+                    })
+                }
             });
             let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), svc));
             tokio::spawn(async move {

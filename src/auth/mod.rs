@@ -15,6 +15,9 @@ use keys::{KeySlot, SharedKeys};
 /// How one service authenticates, resolved when the snapshot is built.
 pub enum ServiceAuth {
     None,
+    /// A key- or token-mode service this replica has no record of while the shared store is
+    /// unreachable (it started from its cache): 503 `StoreUnavailable` until the store answers.
+    Unavailable,
     Key(SharedKeys),
     Token(tokens::ServiceTokens),
 }
@@ -26,7 +29,8 @@ pub enum AuthOutcome {
     Unchecked,
     Anonymous,
     Key(KeySlot),
-    Token,
+    /// A verified token, and whose it is (`by = "credential"` rate limits).
+    Token(tokens::Subject),
     Failed(AuthFailure),
 }
 
@@ -37,7 +41,7 @@ impl AuthOutcome {
             AuthOutcome::Anonymous => "none",
             AuthOutcome::Key(KeySlot::Primary) => "key:primary",
             AuthOutcome::Key(KeySlot::Secondary) => "key:secondary",
-            AuthOutcome::Token => "token",
+            AuthOutcome::Token(_) => "token",
             AuthOutcome::Failed(f) => f.as_str(),
         }
     }
@@ -78,6 +82,7 @@ impl ServiceAuth {
         let refuse = |reason| GatewayError::Unauthorized { reason, token_mode };
         match self {
             ServiceAuth::None => Ok(AuthOutcome::Anonymous),
+            ServiceAuth::Unavailable => Err(GatewayError::StoreUnavailable),
             ServiceAuth::Key(keys) => {
                 let cred = bearer(headers).map_err(refuse)?;
                 match keys.load().check(cred) {
@@ -91,7 +96,7 @@ impl ServiceAuth {
                 if !looks_like_jwt(cred) {
                     return Err(refuse(AuthFailure::WrongMode));
                 }
-                t.verify(cred).map(|_| AuthOutcome::Token).map_err(refuse)
+                t.verify(cred).map(AuthOutcome::Token).map_err(refuse)
             }
         }
     }

@@ -7,12 +7,21 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use arc_swap::ArcSwap;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
 use crate::store::SigningKeyRecord;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// `iss` of the tokens scoregate issues.
 pub const OWN_ISSUER: &str = "scoregate";
@@ -28,11 +37,16 @@ struct SignKey {
     kid: String,
     alg: Algorithm,
     key: EncodingKey,
+    /// Signs from this time on (unix seconds), until a newer key's time has come.
+    from: u64,
 }
 
-/// The decoded signing keys: the one that signs, and every one that verifies, by `kid`.
+/// The decoded signing keys: those that sign (each from its `signs_from`), and every one that
+/// verifies, by `kid`.
 pub struct SigningSet {
-    signing: Option<SignKey>,
+    /// Oldest first; at any moment the newest one whose time has come signs (contract §6: a new
+    /// key from a shared store signs only once every replica can verify it).
+    signing: Vec<SignKey>,
     verify: HashMap<String, VerifyKey>,
 }
 
@@ -53,10 +67,10 @@ fn algorithm(alg: &str) -> Option<Algorithm> {
 }
 
 impl SigningSet {
-    /// Decodes every record; the newest one not retired signs.
+    /// Decodes every record; at any moment the newest one whose `signs_from` has come signs.
     pub fn build(records: &[SigningKeyRecord]) -> Result<SigningSet, SignerError> {
         let mut verify = HashMap::with_capacity(records.len());
-        let mut signing = None;
+        let mut signing = Vec::new();
         for r in records {
             let fail = |why: String| SignerError {
                 kid: r.kid.clone(),
@@ -85,15 +99,22 @@ impl SigningSet {
             };
             let dec = dec.map_err(|e| fail(e.to_string()))?;
             verify.insert(r.kid.clone(), VerifyKey { alg, key: dec });
-            if r.retired.is_none() {
-                signing = Some(SignKey {
+            // A retired key may still sign: until the key that retires it reaches `signs_from`.
+            if r.retired.is_none_or(|until| until > r.signs_from()) {
+                signing.push(SignKey {
                     kid: r.kid.clone(),
                     alg,
                     key: enc.map_err(|e| fail(e.to_string()))?,
+                    from: r.signs_from(),
                 });
             }
         }
         Ok(SigningSet { signing, verify })
+    }
+
+    /// The key that signs at `now` (unix seconds).
+    fn signing_at(&self, now: u64) -> Option<&SignKey> {
+        self.signing.iter().rev().find(|k| k.from <= now)
     }
 
     pub fn verify_key(&self, kid: &str) -> Option<&VerifyKey> {
@@ -101,7 +122,7 @@ impl SigningSet {
     }
 
     pub fn signing_kid(&self) -> Option<&str> {
-        self.signing.as_ref().map(|k| k.kid.as_str())
+        self.signing_at(unix_now()).map(|k| k.kid.as_str())
     }
 }
 
@@ -131,22 +152,26 @@ struct OwnClaims {
 /// The signing keys in force, shared by every snapshot.
 pub struct Signer {
     set: ArcSwap<SigningSet>,
+    /// Notified when a token with this gateway's issuer names a `kid` nobody here knows: another
+    /// replica may have made a key this one has not read yet (the shared store re-reads).
+    pub unknown_kid: Arc<tokio::sync::Notify>,
 }
 
 impl Signer {
     pub fn new(set: SigningSet) -> Signer {
         Signer {
             set: ArcSwap::from_pointee(set),
+            unknown_kid: Arc::default(),
         }
     }
 
     /// Puts a new set in force (reload, or a store change).
     pub fn publish(&self, set: SigningSet) {
-        self.set.store(std::sync::Arc::new(set));
+        self.set.store(Arc::new(set));
     }
 
     /// The set in force, for verification.
-    pub fn current(&self) -> arc_swap::Guard<std::sync::Arc<SigningSet>> {
+    pub fn current(&self) -> arc_swap::Guard<Arc<SigningSet>> {
         self.set.load()
     }
 
@@ -159,13 +184,10 @@ impl Signer {
         refresh_after: Duration,
     ) -> Result<TokenResponse, String> {
         let set = self.set.load();
-        let key = set.signing.as_ref().ok_or("no signing key in force")?;
+        let now = unix_now();
+        let key = set.signing_at(now).ok_or("no signing key in force")?;
         let mut header = Header::new(key.alg);
         header.kid = Some(key.kid.clone());
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let claims = OwnClaims {
             iss: OWN_ISSUER.into(),
             aud: service.into(),
@@ -182,5 +204,34 @@ impl Signer {
             expiry_on: claims.exp,
             refresh_after: now + refresh_after.as_secs(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokenAlgorithm;
+    use crate::store::plan::generate_signing_key;
+
+    /// A key written by a replica of a fleet signs only from its `signs_from` (once every replica
+    /// has read it); until then the key it retires signs, and both verify.
+    #[test]
+    fn a_new_key_signs_only_from_its_signs_from() {
+        let now = unix_now();
+        let mut old = generate_signing_key(TokenAlgorithm::HS256, now - 100).unwrap();
+        let mut new = generate_signing_key(TokenAlgorithm::HS256, now).unwrap();
+        new.signs_from = Some(now + 30);
+        old.retired = Some(now + 30);
+        let set = SigningSet::build(&[old.clone(), new.clone()]).unwrap();
+        assert_eq!(set.signing_at(now).unwrap().kid, old.kid);
+        assert_eq!(set.signing_at(now + 29).unwrap().kid, old.kid);
+        assert_eq!(set.signing_at(now + 30).unwrap().kid, new.kid);
+        assert!(set.verify_key(&old.kid).is_some() && set.verify_key(&new.kid).is_some());
+        // A single replica's key change: the new key signs at once.
+        let mut old = generate_signing_key(TokenAlgorithm::HS256, now - 100).unwrap();
+        old.retired = Some(now);
+        let new = generate_signing_key(TokenAlgorithm::HS256, now).unwrap();
+        let set = SigningSet::build(&[old, new.clone()]).unwrap();
+        assert_eq!(set.signing_kid(), Some(new.kid.as_str()));
     }
 }

@@ -142,12 +142,21 @@ pub struct BenchArgs {
     /// Built-in gateway: keep its access log on (written to a file in the temp dir).
     #[arg(long)]
     pub access_log: bool,
+    /// Built-in gateway: give the service a `by = "client"` rate limit that never refuses
+    /// (1 000 000 per second, burst 1 000), to measure what the limiter costs.
+    #[arg(long)]
+    pub rate_limit: bool,
     /// Built-in gateway: `[runtime] worker_threads` (0: one per core).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub gateway_threads: usize,
     /// Threads of the load generator [default: one per core].
     #[arg(long, value_name = "N")]
     pub client_threads: Option<usize>,
+    /// Built-in gateway only: keep its state in this Redis (`redis://…` or `rediss://…`) instead
+    /// of a file, under a throwaway prefix deleted after the run — to measure what the shared
+    /// store costs a request (README, "Running several replicas").
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Request body file (default: the peer benchmark's 203-byte JSON).
     #[arg(long, value_name = "FILE")]
     pub body: Option<PathBuf>,
@@ -314,6 +323,10 @@ async fn bench(args: &BenchArgs, client_threads: usize) -> anyhow::Result<Report
     if args.mode == Mode::Idle {
         report.connections = args.idle_conns;
         report.idle = Some(idle::run(&ctx, &setup, args, &mut report.stats).await);
+        drop(ctx);
+        if let Some(note) = setup.finish().await {
+            report.notes.push(note);
+        }
         return Ok(report);
     }
 
@@ -355,6 +368,10 @@ async fn bench(args: &BenchArgs, client_threads: usize) -> anyhow::Result<Report
     report.cpu = Some(CpuUse::between(&before, &after));
     report.handshakes = ctx.live.handshakes.load(Ordering::Relaxed);
     report.resumed = ctx.live.resumed.load(Ordering::Relaxed);
+    drop(ctx);
+    if let Some(note) = setup.finish().await {
+        report.notes.push(note);
+    }
     Ok(report)
 }
 

@@ -56,6 +56,8 @@ pub(super) struct Setup {
     pub(super) backend_tid: Option<u32>,
     // Dropped in this order: the gateway is killed, then the backend stops, then the files go.
     _child: Option<ChildGuard>,
+    /// With `--store`: the config whose Redis prefix is purged after the run.
+    store: Option<crate::config::Config>,
     _backend: Option<BackendGuard>,
     _dir: Option<TempDir>,
 }
@@ -68,6 +70,11 @@ impl Setup {
             .with_context(|| format!("--target {url:?} is not a URL"))?;
         if uri.scheme_str() != Some("https") {
             bail!("--target must be an https:// URL");
+        }
+        if args.store.is_some() {
+            bail!(
+                "--store configures the built-in gateway: a --target gateway has its own [state]"
+            );
         }
         let authority = uri.authority().context("--target has no host")?.clone();
         let host = authority.host().trim_matches(['[', ']']).to_string();
@@ -136,6 +143,7 @@ impl Setup {
             gateway_pid: args.pid,
             backend_tid: None,
             _child: None,
+            store: None,
             _backend: None,
             _dir: None,
         })
@@ -144,6 +152,21 @@ impl Setup {
     /// Throwaway certificate, built-in backend, and the gateway as a child process.
     pub(super) async fn builtin(args: &BenchArgs) -> anyhow::Result<Setup> {
         let dir = TempDir::new()?;
+        let state = match &args.store {
+            None => "[state]\ndir = \"state\"\n".to_string(),
+            Some(url) => {
+                // Files, not the config, hold the URL (it may carry a password) and the key.
+                write_private(&dir.0.join("redis-url"), url)?;
+                write_private(&dir.0.join("seal-key"), &crate::crypto::generate_key())?;
+                // With a shared store the gateway never makes its admin token.
+                write_private(&dir.0.join("admin-token"), &crate::crypto::generate_key())?;
+                format!(
+                    "[state]\ndir = \"state\"\nstore = \"redis\"\n\n[state.redis]\nurl_file = \"redis-url\"\nsecret_key_file = \"seal-key\"\nprefix = \"scoregate-bench-{}-{}:\"\n",
+                    std::process::id(),
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                )
+            }
+        };
         let certs = crate::certgen::write_demo_certs(&dir.0.join("certs"), &["localhost"])?;
         let backend = BackendGuard::start()?;
         let (port, admin_port) = free_ports()?;
@@ -170,9 +193,7 @@ key = "certs/key.pem"
 address = "{admin_addr}"
 token_file = "admin-token"
 
-[state]
-dir = "state"
-
+{state}
 [runtime]
 worker_threads = {threads}
 
@@ -187,14 +208,24 @@ name = "{SERVICE}"
 auth = "{auth}"
 backends = ["http://{backend}"]
 max_body = "1MiB"
-{keys}"#,
+{keys}{rate_limit}"#,
             threads = args.gateway_threads,
             access = args.access_log,
+            rate_limit = if args.rate_limit {
+                "\n[[service.rate_limit]]\nby = \"client\"\nrequests = 1000000\nper = \"1s\"\nburst = 1000\n"
+            } else {
+                ""
+            },
             backend = backend.addr,
         );
         let config_path = dir.0.join("scoregate.toml");
-        crate::config::Config::parse(&toml, &config_path)
-            .map_err(|e| anyhow!("the bench's own gateway config is invalid: {e}"))?;
+        let config = crate::config::Config::parse(&toml, &config_path).map_err(|e| {
+            if args.store.is_some() {
+                anyhow!("--store: {e}")
+            } else {
+                anyhow!("the bench's own gateway config is invalid: {e}")
+            }
+        })?;
         std::fs::write(&config_path, &toml)?;
         let log_path = dir.0.join("gateway.log");
         let log = std::fs::File::create(&log_path)?;
@@ -252,14 +283,55 @@ max_body = "1MiB"
             verify: Verify::Roots(Arc::new(roots_from_pem(&certs.ca)?)),
             auth: Some(bearer(&credential)?),
             auth_label: auth,
-            gateway_label: format!("built-in gateway pid {pid}, {threads}"),
+            gateway_label: format!(
+                "built-in gateway pid {pid}, {threads}, {} store",
+                if args.store.is_some() {
+                    "redis"
+                } else {
+                    "file"
+                }
+            ),
             gateway_pid: Some(pid),
             backend_tid: backend.tid,
             _child: Some(child),
+            store: args.store.is_some().then_some(config),
             _backend: Some(backend),
             _dir: Some(dir),
         })
     }
+}
+
+impl Setup {
+    /// Stops the built-in gateway and, with `--store`, deletes its keys from Redis; a note for
+    /// the report if that failed (the prefix is named so that it can be deleted by hand).
+    pub(super) async fn finish(mut self) -> Option<String> {
+        drop(self._child.take());
+        let config = self.store.take()?;
+        match crate::store::admin::purge(&config).await {
+            Ok(_) => None,
+            Err(e) => Some(format!(
+                "the bench's keys under {:?} were not deleted from Redis: {e}",
+                match &config.store {
+                    crate::config::StoreConfig::Redis(r) => r.prefix.as_str(),
+                    crate::config::StoreConfig::File => "",
+                }
+            )),
+        }
+    }
+}
+
+/// Writes a file only its owner can read (the Redis URL may hold a password).
+fn write_private(p: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(p)
+        .with_context(|| format!("cannot write {}", p.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 fn bearer(credential: &str) -> anyhow::Result<HeaderValue> {

@@ -13,6 +13,18 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "admin-token";
 /// Next to the config folder (not inside it), so a read-only config mount keeps working.
 pub const DEFAULT_STATE_DIR: &str = "../state";
+/// One store command: Redis answers in well under a millisecond on a LAN; a command that has not
+/// answered in 250 ms is a store in trouble, and admin writes should say so rather than hang.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(250);
+/// A full re-read of the shared store, in case a change notification was lost (pub/sub is
+/// at-most-once): the longest a change takes to reach every replica, and the wait before a new
+/// signing key signs.
+pub const DEFAULT_STORE_RESYNC: Duration = Duration::from_secs(30);
+/// 0: a replica that cannot reach the store stays ready on its last known state.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::ZERO;
+/// A fleet-wide rate-limit decision waits at most this long for the store, then is made locally:
+/// a scoring request must never stall on the store.
+pub const DEFAULT_RATE_LIMIT_TIMEOUT: Duration = Duration::from_millis(50);
 /// 0 = one tokio worker per core (tokio's own default).
 pub const DEFAULT_WORKER_THREADS: usize = 0;
 /// 0 = no per-backend cap, as Azure ML's own front end without `replica_max_concurrent_requests`;
@@ -42,6 +54,19 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Enough parallel scoring calls per client connection; h2's own default (unbounded) invites abuse.
 pub const DEFAULT_H2_MAX_STREAMS: u32 = 128;
+/// One client address may hold a tenth of the default connection cap: a NAT'd office with a few
+/// hundred users stays far below it, one host opening thousands of connections cannot lock
+/// everyone else out.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 1_000;
+/// A request body must deliver its next KiB within this (a trickling upload holds a backend
+/// slot): 10 s covers a stalled mobile link; it is a minimum rate of about 100 B/s.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most `max_header_size` may be: far past any real header block, and within what hyper and
+/// the HTTP/2 SETTINGS field (u32) can hold.
+pub const MAX_HEADER_SIZE_LIMIT: u64 = 16 * 1024 * 1024;
+/// External issuers' tokens: a day is longer than any access token an identity provider issues
+/// (Azure AD: 60–90 min), and short enough that a mis-issued long-lived token is refused.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Requests in flight across all services, beyond which new ones get 503 at once (0: no cap).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
 /// In-flight requests get this long to finish on SIGTERM (Kubernetes' default grace is 30 s).

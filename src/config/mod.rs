@@ -6,8 +6,10 @@
 //! listing every problem found, each naming the file, the key and what is wrong.
 
 pub mod defaults;
+pub mod rate_limit;
 pub mod raw;
 pub mod service;
+pub mod store;
 #[cfg(test)]
 mod tests;
 pub mod types;
@@ -17,6 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use defaults::*;
+pub use rate_limit::{RateLimitBy, RateLimitConfig};
 pub use service::parse_backend;
 pub use types::*;
 pub use validate::{MAX_KEY_LEN, MIN_KEY_LEN, validate_key_value};

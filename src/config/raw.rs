@@ -90,6 +90,27 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub dir: Option<String>,
+    pub store: Option<String>,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Option<String>,
+    pub url_file: Option<String>,
+    pub prefix: Option<String>,
+    pub secret_key_file: Option<String>,
+    pub previous_secret_key_file: Option<String>,
+    #[serde(default)]
+    pub allow_plaintext_secrets: bool,
+    pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub timeout: Option<String>,
+    pub resync: Option<String>,
+    pub max_staleness: Option<String>,
+    pub rate_limit_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +137,8 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     pub h2_max_concurrent_streams: Option<u32>,
     pub max_in_flight: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub body_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +166,9 @@ pub struct RawTrustedIssuer {
     pub audience: String,
     pub algorithm: String,
     pub jwks: String,
+    #[serde(default)]
+    pub allow_insecure_jwks: bool,
+    pub max_token_lifetime: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +192,8 @@ pub struct RawService {
     pub primary_key: Option<String>,
     pub secondary_key: Option<String>,
     pub health: Option<RawHealth>,
+    #[serde(default)]
+    pub rate_limit: Vec<RawRateLimit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,4 +205,15 @@ pub struct RawHealth {
     pub failure_threshold: Option<u32>,
     pub success_threshold: Option<u32>,
     pub initial_delay: Option<String>,
+}
+
+/// `[[service.rate_limit]]` (contract §7; checked in `config::rate_limit`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests: Option<i64>,
+    pub per: Option<String>,
+    pub by: Option<String>,
+    pub burst: Option<i64>,
+    pub name: Option<String>,
 }

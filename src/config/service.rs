@@ -99,10 +99,10 @@ impl Validator {
             }
         };
         let score_path = raw.score_path.unwrap_or_else(|| DEFAULT_SCORE_PATH.into());
-        if !score_path.starts_with('/') || score_path.contains(['?', '#', ' ']) {
+        if !request_path(&score_path) {
             self.problem(
                 &format!("{key}.score_path"),
-                format!("{score_path:?} must be a path starting with / (no query)"),
+                format!("{score_path:?} must be a path starting with / (no query; only characters a URL path may hold)"),
             );
         }
         let scoring_timeout = self.duration(
@@ -145,8 +145,11 @@ impl Validator {
                 hd.initial_delay,
             ),
         };
-        if !health.path.starts_with('/') {
-            self.problem(&format!("{key}.health.path"), "must start with /");
+        if !request_path(&health.path) {
+            self.problem(
+                &format!("{key}.health.path"),
+                format!("{:?} must be a path starting with / (no query; only characters a URL path may hold)", health.path),
+            );
         }
         if health.period.is_zero() || health.timeout.is_zero() {
             self.problem(
@@ -157,6 +160,7 @@ impl Validator {
         if health.failure_threshold == 0 || health.success_threshold == 0 {
             self.problem(&format!("{key}.health"), "thresholds must be at least 1");
         }
+        let rate_limits = self.rate_limits(key, auth, raw.rate_limit);
         ServiceConfig {
             name: raw.name,
             auth,
@@ -175,8 +179,17 @@ impl Validator {
             primary_key: raw.primary_key.map(Secret::new),
             secondary_key: raw.secondary_key.map(Secret::new),
             health,
+            rate_limits,
         }
     }
+}
+
+/// A path the gateway can put in a request line: checked with the parser that will consume it
+/// (`http::uri::PathAndQuery`), starting with `/`, without a query or fragment.
+pub fn request_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.contains(['?', '#'])
+        && http::uri::PathAndQuery::try_from(p).is_ok_and(|pq| pq.as_str() == p)
 }
 
 /// A backend is `http://host:port` with no path: the gateway appends the route's path.

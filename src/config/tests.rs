@@ -114,6 +114,28 @@ fn bad_values_name_key_and_reason() {
     }
 }
 
+/// Regression (issue 11): a path the HTTP path parser refuses passed validation and then made
+/// every request to the service panic.
+#[test]
+fn paths_are_checked_with_the_parser_that_uses_them() {
+    for bad in ["/score<v2>", "/a b", "/score?x=1", "score", "/a>b"] {
+        let text = MINIMAL.replace(
+            "name = \"iris\"",
+            &format!("name = \"iris\"\nscore_path = \"{bad}\""),
+        );
+        assert!(problems(&text).contains("service[0].score_path"), "{bad}");
+        let text = format!("{MINIMAL}\n[service.health]\npath = \"{bad}\"\n");
+        assert!(problems(&text).contains("service[0].health.path"), "{bad}");
+    }
+    assert!(
+        parse(&MINIMAL.replace(
+            "name = \"iris\"",
+            "name = \"iris\"\nscore_path = \"/v2/score-x_1.json\""
+        ))
+        .is_ok()
+    );
+}
+
 #[test]
 fn duplicate_services_and_missing_certs_are_errors() {
     let text = format!(
@@ -225,4 +247,98 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn rate_limits_get_their_defaults() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[[service.rate_limit]]\nrequests = 100\nper = \"1m\"\nby = \"client\"\n\n[[service.rate_limit]]\nrequests = 5\nper = \"1s\"\nby = \"service\"\nburst = 20\nname = \"backend-guard\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.services[0].rate_limits,
+        vec![
+            RateLimitConfig::new(
+                "client",
+                RateLimitBy::Client,
+                100,
+                Duration::from_secs(60),
+                100
+            ),
+            RateLimitConfig::new(
+                "backend-guard",
+                RateLimitBy::Service,
+                5,
+                Duration::from_secs(1),
+                20
+            ),
+        ]
+    );
+}
+
+#[test]
+fn every_rate_limit_problem_names_its_key() {
+    let rl = |body: &str| format!("{MINIMAL}\n[[service.rate_limit]]\n{body}\n");
+    let cases: &[(&str, &str)] = &[
+        (
+            "requests = 1\nper = \"500ms\"\nby = \"client\"",
+            "service[0].rate_limit[0].per",
+        ),
+        (
+            "requests = 1\nper = \"1500ms\"\nby = \"client\"",
+            "service[0].rate_limit[0].per",
+        ),
+        (
+            "requests = 1\nper = \"soon\"\nby = \"client\"",
+            "service[0].rate_limit[0].per",
+        ),
+        (
+            "requests = 1\nby = \"client\"",
+            "service[0].rate_limit[0].per: required",
+        ),
+        (
+            "requests = 0\nper = \"1s\"\nby = \"client\"",
+            "service[0].rate_limit[0].requests",
+        ),
+        (
+            "per = \"1s\"\nby = \"client\"",
+            "service[0].rate_limit[0].requests: required",
+        ),
+        (
+            "requests = 1\nper = \"1s\"\nby = \"client\"\nburst = 0",
+            "service[0].rate_limit[0].burst",
+        ),
+        (
+            "requests = 1\nper = \"1s\"\nby = \"key\"",
+            "service[0].rate_limit[0].by",
+        ),
+        (
+            "requests = 1\nper = \"1s\"",
+            "service[0].rate_limit[0].by: required",
+        ),
+        (
+            "requests = 1\nper = \"1s\"\nby = \"client\"\nname = \"a b\"",
+            "service[0].rate_limit[0].name",
+        ),
+        (
+            "requests = 1\nper = \"1s\"\nby = \"client\"\nper_client = 1",
+            "per_client",
+        ),
+        (
+            "requests = 1\nper = \"1s\"\nby = \"client\"\n\n[[service.rate_limit]]\nrequests = 2\nper = \"1s\"\nby = \"client\"",
+            "service[0].rate_limit[1].name: \"client\" is already the name of rate_limit[0]",
+        ),
+    ];
+    for (body, needle) in cases {
+        let e = problems(&rl(body));
+        assert!(e.contains(needle), "{body:?}: expected {needle:?} in {e}");
+    }
+    let e = problems(
+        &rl("requests = 1\nper = \"1s\"\nby = \"credential\"")
+            .replace("name = \"iris\"", "name = \"iris\"\nauth = \"none\""),
+    );
+    assert!(
+        e.contains("service[0].rate_limit[0].by") && e.contains("auth = \"none\""),
+        "{e}"
+    );
 }

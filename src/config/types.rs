@@ -21,6 +21,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub admin: AdminConfig,
     pub state_dir: PathBuf,
+    /// Where the shared state lives (`[state] store`).
+    pub store: StoreConfig,
     pub worker_threads: usize,
     pub server: ServerSettings,
     pub limits: Limits,
@@ -74,6 +76,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
     pub max_in_flight: usize,
+    pub max_connections_per_client: usize,
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -87,6 +91,8 @@ impl Default for Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             h2_max_concurrent_streams: DEFAULT_H2_MAX_STREAMS,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
         }
     }
 }
@@ -143,6 +149,9 @@ pub struct TrustedIssuerConfig {
     pub audience: String,
     pub algorithm: jsonwebtoken::Algorithm,
     pub jwks: JwksSource,
+    /// Tokens whose `exp` lies further ahead than this (from now, or from their `iat`) are
+    /// refused, so that a token minted for year 9999 is not accepted (and cached) forever.
+    pub max_token_lifetime: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,6 +200,8 @@ pub struct ServiceConfig {
     pub primary_key: Option<Secret>,
     pub secondary_key: Option<Secret>,
     pub health: HealthConfig,
+    /// `[[service.rate_limit]]`, in config order.
+    pub rate_limits: Vec<super::RateLimitConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -235,6 +246,7 @@ impl ServiceConfig {
             primary_key: None,
             secondary_key: None,
             health: HealthConfig::default(),
+            rate_limits: vec![],
         }
     }
 }
@@ -267,6 +279,7 @@ impl Config {
                 token_file: state_dir.join("admin-token"),
             },
             state_dir,
+            store: StoreConfig::File,
             worker_threads: 0,
             server: ServerSettings {
                 drain_timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -287,4 +300,32 @@ impl Config {
             services: vec![],
         }
     }
+}
+
+/// `[state] store`: the file store in `state.dir` (one process), or Redis (a fleet).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    File,
+    Redis(Box<RedisConfig>),
+}
+
+/// `[state.redis]` (contract §6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// The whole URL, credentials included (never printed).
+    pub url: Secret,
+    /// The URL without credentials, for logs, `check` and the cache's `source`.
+    pub display_url: String,
+    pub prefix: String,
+    /// The 32-byte sealing key (raw or base64), from `secret_key_file`.
+    pub secret_key: Option<Secret>,
+    pub previous_secret_key: Option<Secret>,
+    pub allow_plaintext_secrets: bool,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub timeout: Duration,
+    pub resync: Duration,
+    pub max_staleness: Duration,
+    pub rate_limit_timeout: Duration,
 }

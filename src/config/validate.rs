@@ -134,6 +134,7 @@ impl Validator {
             ),
         };
         let state_dir = self.path(raw.state.dir.as_deref().unwrap_or(DEFAULT_STATE_DIR));
+        let store = self.store(&raw.state);
         let server = ServerSettings {
             drain_timeout: self.duration(
                 "server.drain_timeout",
@@ -176,6 +177,7 @@ impl Validator {
             tls,
             admin,
             state_dir,
+            store,
             worker_threads: raw.runtime.worker_threads.unwrap_or(DEFAULT_WORKER_THREADS),
             server,
             limits,
@@ -296,7 +298,27 @@ impl Validator {
                 .h2_max_concurrent_streams
                 .unwrap_or(d.h2_max_concurrent_streams),
             max_in_flight: raw.max_in_flight.unwrap_or(d.max_in_flight),
+            max_connections_per_client: raw
+                .max_connections_per_client
+                .unwrap_or(d.max_connections_per_client),
+            body_idle_timeout: self.duration(
+                "limits.body_idle_timeout",
+                raw.body_idle_timeout.as_deref(),
+                d.body_idle_timeout,
+            ),
         };
+        if limits.max_header_size as u64 > MAX_HEADER_SIZE_LIMIT {
+            self.problem(
+                "limits.max_header_size",
+                format!(
+                    "must be at most {}",
+                    bytesize::ByteSize(MAX_HEADER_SIZE_LIMIT)
+                ),
+            );
+        }
+        if limits.max_connections_per_client == 0 {
+            self.problem("limits.max_connections_per_client", "must be at least 1");
+        }
         if limits.max_headers == 0 {
             self.problem("limits.max_headers", "must be at least 1");
         }
@@ -310,6 +332,7 @@ impl Validator {
             ("limits.header_read_timeout", limits.header_read_timeout),
             ("limits.idle_timeout", limits.idle_timeout),
             ("limits.tls_handshake_timeout", limits.tls_handshake_timeout),
+            ("limits.body_idle_timeout", limits.body_idle_timeout),
         ] {
             if v.is_zero() {
                 self.problem(k, "must be more than 0s");
@@ -337,8 +360,7 @@ impl Validator {
         let refresh_after = self.duration(
             "tokens.refresh_after",
             raw.refresh_after.as_deref(),
-            // Without an explicit value, refresh at three quarters of the lifetime.
-            lifetime * 3 / 4,
+            default_refresh_after(lifetime),
         );
         if lifetime.is_zero() {
             self.problem("tokens.lifetime", "must be more than 0s");
@@ -382,16 +404,33 @@ impl Validator {
                     A::RS256
                 }
             };
-            let jwks = if t.jwks.starts_with("https://") || t.jwks.starts_with("http://") {
+            let jwks = if t.jwks.starts_with("https://") {
+                JwksSource::Url(t.jwks)
+            } else if t.jwks.starts_with("http://") {
+                if !t.allow_insecure_jwks {
+                    self.problem(
+                        &format!("{key}.jwks"),
+                        "an http:// JWKS URL lets anyone on the network path supply signing keys; use https://, or set allow_insecure_jwks = true on a network you trust",
+                    );
+                }
                 JwksSource::Url(t.jwks)
             } else {
                 JwksSource::File(self.path(&t.jwks))
             };
+            let max_token_lifetime = self.duration(
+                &format!("{key}.max_token_lifetime"),
+                t.max_token_lifetime.as_deref(),
+                DEFAULT_MAX_TOKEN_LIFETIME,
+            );
+            if max_token_lifetime.is_zero() {
+                self.problem(&format!("{key}.max_token_lifetime"), "must be more than 0s");
+            }
             trusted_issuers.push(TrustedIssuerConfig {
                 issuer: t.issuer,
                 audience: t.audience,
                 algorithm,
                 jwks,
+                max_token_lifetime,
             });
         }
         TokensConfig {

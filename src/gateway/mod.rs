@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! (server: accept → TLS → HTTP/1.1 or HTTP/2)
-//!   → syntax (400) → route (404/405) → policy (403) → authenticate (401)
+//!   → syntax (400) → route (404/405) → policy (403) → authenticate (401) → limit (429)
 //!   → admit (413 declared size, 503 global cap) → forward (502/503/504; 413 streamed)
 //!   → respond → observe (metrics + access log, when the response ends or the client goes)
 //! ```
@@ -116,12 +116,28 @@ fn check(
     let (svc, target) = route(snap, parts, rec)?;
     policy(&svc, client)?;
     authenticate(&svc, &parts.headers, rec)?;
+    limit(&svc, client, rec)?;
     admit(shared, snap, &svc, body)?;
     Ok((svc, target))
 }
 
-/// Syntax (400): a malformed client request id is the client's mistake whatever the path.
+/// Syntax (400): what makes a request malformed whatever its path — the framing headers hyper
+/// accepts but a gateway must not pass on (RFC 9112 §3.2, §6.1), and a bad client request id.
 fn syntax(parts: &http::request::Parts, rec: &mut Record) -> Result<(), GatewayError> {
+    let hosts = parts.headers.get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && parts.version == http::Version::HTTP_11) {
+        return Err(GatewayError::BadRequest(
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
+    }
+    let mut te = parts.headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(v) = te.next()
+        && (te.next().is_some() || !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(GatewayError::BadRequest(
+            "Transfer-Encoding must be exactly \"chunked\"",
+        ));
+    }
     if let Some(v) = parts.headers.get(X_MS_CLIENT_REQUEST_ID) {
         if !headers::valid_client_request_id(v) {
             return Err(GatewayError::BadRequest(
@@ -176,6 +192,28 @@ fn authenticate(svc: &Service, h: &http::HeaderMap, rec: &mut Record) -> Result<
                 rec.auth = AuthOutcome::Failed(*reason);
             }
             Err(e)
+        }
+    }
+}
+
+/// Limit (429): one token from every rate-limit policy of the service, or none (`limit`). From
+/// here on every answer carries the `RateLimit` headers the decision chose (`respond`).
+fn limit(svc: &Service, client: &ClientIdentity, rec: &mut Record) -> Result<(), GatewayError> {
+    if svc.limits.is_empty() {
+        return Ok(());
+    }
+    match svc.limits.check(client.ip, rec.auth) {
+        Ok(shown) => {
+            rec.rate_limit = shown;
+            Ok(())
+        }
+        Err(refusal) => {
+            rec.rate_limit = Some(refusal.shown);
+            rec.rate_limited_by = Some(refusal.shown.policy);
+            Err(GatewayError::TooManyRequests {
+                retry_after: u32::try_from(refusal.retry_after).unwrap_or(u32::MAX),
+                policy: refusal.policy,
+            })
         }
     }
 }

@@ -22,6 +22,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::auth::AuthOutcome;
+use crate::limit::Shown;
 use crate::metrics::{Code, Outcome};
 use crate::proxy::upstream::{Backend, InFlight};
 use crate::state::{Service, Shared};
@@ -66,6 +67,11 @@ pub struct Record {
     /// Index of the chosen deployment in the service's metrics (0: none chosen yet).
     pub deployment: usize,
     pub auth: AuthOutcome,
+    /// What the `RateLimit` headers show (set by the limit phase; `None`: not reached, or no
+    /// policy to show).
+    pub rate_limit: Option<Shown>,
+    /// The policy that refused the request (index in the service's policies).
+    pub rate_limited_by: Option<usize>,
     pub backend: Option<Arc<Backend>>,
     pub backend_elapsed: Option<Duration>,
     /// The backend slot, held until the response ends.
@@ -87,6 +93,13 @@ fn new_request_id() -> HeaderValue {
 }
 
 impl Record {
+    /// Puts the rate-limit headers the limit phase chose on a response of this request.
+    pub fn rate_limit_headers(&self, h: &mut http::HeaderMap) {
+        if let (Some(shown), Some(svc)) = (self.rate_limit, &self.service) {
+            svc.limits.write_headers(shown, h);
+        }
+    }
+
     /// Starts the record of a request (and counts it in flight).
     pub fn start(
         shared: &Arc<Shared>,
@@ -114,6 +127,8 @@ impl Record {
             service: None,
             deployment: 0,
             auth: AuthOutcome::Unchecked,
+            rate_limit: None,
+            rate_limited_by: None,
             backend: None,
             backend_elapsed: None,
             slot: None,
@@ -183,6 +198,10 @@ impl Record {
                 bytes_in = self.bytes_in,
                 bytes_out = self.bytes_out,
                 auth = self.auth.as_str(),
+                rate_limited_by = match (&self.service, self.rate_limited_by) {
+                    (Some(s), Some(i)) => s.limits.name(i),
+                    _ => "-",
+                },
             );
         }
         self.slot = None;

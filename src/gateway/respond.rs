@@ -8,12 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, Version};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 
 use super::record::Record;
 use crate::error::GatewayError;
-use crate::proxy::body::Leftover;
+use crate::proxy::body::{DISCARD_MAX, DISCARD_TIMEOUT, Leftover, discard};
 use crate::proxy::headers::{self, X_MS_CLIENT_REQUEST_ID};
 use crate::proxy::pool::PooledBody;
 
@@ -26,10 +26,6 @@ pub type Answer = Response<Either<PooledBody, Full<Bytes>>>;
 const DRAIN_MAX: u64 = 64 * 1024;
 /// How long draining may take before the gateway gives up and closes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-/// On HTTP/2 a refused body is read in the background (the answer is already sent) up to this
-/// much, so the stream ends cleanly; flow control bounds what a client sends before that.
-const H2_DRAIN_MAX: u64 = 8 * 1024 * 1024;
-const H2_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The backend's answer, passed through with the response header rules applied.
 pub fn backend(resp: Response<PooledBody>, rec: &Record) -> Answer {
@@ -39,6 +35,7 @@ pub fn backend(resp: Response<PooledBody>, rec: &Record) -> Answer {
         rec.request_id.clone(),
         rec.client_request_id.clone(),
     );
+    rec.rate_limit_headers(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
 }
 
@@ -68,12 +65,13 @@ pub async fn refusal(r: Refused, rec: &Record) -> Answer {
     if let Some(c) = &rec.client_request_id {
         h.insert(X_MS_CLIENT_REQUEST_ID, c.clone());
     }
+    rec.rate_limit_headers(h);
     let left = match r.body {
         Leftover::Unread(body) if body.is_end_stream() => Leftover::Complete,
         Leftover::Unread(body) if r.version >= Version::HTTP_2 => {
             // Answer now, and keep reading the body in the background: a stream reset while the
             // client is still sending makes clients like curl drop the answer (curl error 92).
-            tokio::spawn(discard(body, H2_DRAIN_MAX, H2_DRAIN_TIMEOUT));
+            tokio::spawn(discard(body, DISCARD_MAX, DISCARD_TIMEOUT));
             Leftover::Complete
         }
         Leftover::Unread(body) => {
@@ -94,28 +92,6 @@ pub async fn refusal(r: Refused, rec: &Record) -> Answer {
 fn close<B>(resp: &mut Response<B>) {
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
-}
-
-/// Reads and throws away up to `max` bytes of a body within `timeout`. True if it ended.
-async fn discard(mut body: Incoming, max: u64, timeout: Duration) -> bool {
-    let read_all = async {
-        let mut seen = 0u64;
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(f) => {
-                    seen += f.data_ref().map_or(0, |d| d.len() as u64);
-                    if seen > max {
-                        return false;
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-        true
-    };
-    tokio::time::timeout(timeout, read_all)
-        .await
-        .unwrap_or(false)
 }
 
 /// Reads and discards a small request body so an HTTP/1.1 connection stays usable. False when

@@ -6,16 +6,38 @@
 //! request refused before anything was sent gives its body back unread (`Leftover::Unread`) for
 //! the gateway to drain. The slot also records whether a body that was polled reached its end,
 //! which decides whether an HTTP/1.1 connection can stay open after an error.
+//!
+//! Two more duties:
+//! - a body must keep arriving: its next KiB (or its end) within `body_idle_timeout`, else the
+//!   forward fails with `Stalled` (408) and the backend slot is freed — a trickling upload holds
+//!   a backend no longer than that;
+//! - a body the backend stopped reading before its end (an HTTP/2 client that sends `END_STREAM`
+//!   in a frame of its own after the last byte, which an HTTP/1.1 backend with `Content-Length`
+//!   never waits for) is read to its end in the background (`discard`), so the stream ends
+//!   cleanly instead of being reset — HTTP/2 counts every reset the gateway makes and closes the
+//!   connection after 1024 of them.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{Either, Empty};
+use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+/// A body left unread behind an answer is read in the background up to this much, so the stream
+/// ends cleanly; flow control bounds what a client sends before that.
+pub const DISCARD_MAX: u64 = 8 * 1024 * 1024;
+/// ... and for at most this long.
+pub const DISCARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The unit of progress of `body_idle_timeout`: a body must deliver this much more (or its end)
+/// within the timeout.
+pub const PROGRESS_BYTES: u64 = 1024;
 
 /// What the gateway sends upstream: the client's body, or nothing (health probes).
 pub type UpstreamBody = Either<RequestBody, Empty<Bytes>>;
@@ -24,6 +46,33 @@ pub type UpstreamBody = Either<RequestBody, Empty<Bytes>>;
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("request body over the limit of {0} bytes")]
 pub struct TooLarge(pub u64);
+
+/// The body stopped arriving: no KiB (nor its end) within `body_idle_timeout` (408).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("request body stalled for {0:?}")]
+pub struct Stalled(pub Duration);
+
+/// Reads and throws away up to `max` bytes of a body within `timeout`. True if it ended.
+pub async fn discard(mut body: Incoming, max: u64, timeout: Duration) -> bool {
+    let read_all = async {
+        let mut seen = 0u64;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    seen += f.data_ref().map_or(0, |d| d.len() as u64);
+                    if seen > max {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    tokio::time::timeout(timeout, read_all)
+        .await
+        .unwrap_or(false)
+}
 
 /// What is left of a request body after a failed forward.
 pub enum Leftover {
@@ -43,16 +92,18 @@ struct SlotInner {
     body: Mutex<Option<Incoming>>,
     ended: AtomicBool,
     limit: u64,
+    idle: Duration,
 }
 
 impl BodySlot {
-    /// A slot holding `body`, to be sent under `limit` bytes.
-    pub fn new(body: Incoming, limit: u64) -> BodySlot {
+    /// A slot holding `body`, to be sent under `limit` bytes, each KiB within `idle`.
+    pub fn new(body: Incoming, limit: u64, idle: Duration) -> BodySlot {
         let ended = body.is_end_stream();
         BodySlot(Arc::new(SlotInner {
             body: Mutex::new(Some(body)),
             ended: AtomicBool::new(ended),
             limit,
+            idle,
         }))
     }
 
@@ -71,6 +122,9 @@ impl BodySlot {
             body: None,
             seen: 0,
             hint,
+            credited: 0,
+            credited_at: None,
+            stall: None,
         }
     }
 
@@ -95,6 +149,36 @@ pub struct RequestBody {
     body: Option<Incoming>,
     seen: u64,
     hint: SizeHint,
+    /// Bytes counted as progress, and when the last `PROGRESS_BYTES` of them came.
+    credited: u64,
+    credited_at: Option<Instant>,
+    /// The stall timer, made the first time the body has to wait.
+    stall: Option<Pin<Box<Sleep>>>,
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        // Whatever the backend did not read is read to its end in the background (see the
+        // module comment); an unread HTTP/1.1 body of known length is already complete.
+        if let Some(body) = self.body.take()
+            && !body.is_end_stream()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            tokio::spawn(discard(body, DISCARD_MAX, DISCARD_TIMEOUT));
+        }
+    }
+}
+
+impl RequestBody {
+    /// Another `PROGRESS_BYTES` arrived: the stall deadline moves on.
+    fn credit(&mut self) {
+        self.credited = self.seen;
+        let now = Instant::now();
+        self.credited_at = Some(now);
+        if let Some(s) = &mut self.stall {
+            s.as_mut().reset(now + self.slot.idle);
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -120,6 +204,9 @@ impl Body for RequestBody {
                     if this.seen > this.slot.limit {
                         return Poll::Ready(Some(Err(Box::new(TooLarge(this.slot.limit)))));
                     }
+                    if this.seen - this.credited >= PROGRESS_BYTES {
+                        this.credit();
+                    }
                 }
                 if this.body.as_ref().is_some_and(|b| b.is_end_stream()) {
                     this.slot.ended.store(true, Ordering::Relaxed);
@@ -131,7 +218,17 @@ impl Body for RequestBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let idle = this.slot.idle;
+                let since = *this.credited_at.get_or_insert_with(Instant::now);
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(since + idle)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Box::new(Stalled(idle)))));
+                }
+                Poll::Pending
+            }
         }
     }
 

@@ -6,9 +6,17 @@
 //! once on another backend (and counts towards that backend's passive back-off); a request that
 //! may have reached a backend is never retried (scoring need not be idempotent). The slot
 //! (`InFlight`) comes back with the response and stays taken until the response body ends.
+//!
+//! A client that goes away while its request is with a backend does not free the slot: the
+//! backend is still computing. The exchange (`Exchange`) then goes on in a task of its own until
+//! the backend answers or the scoring deadline passes, and only then gives the slot back — so a
+//! client that opens and abandons requests cannot pile more work onto a backend than its limit.
 
 use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::request::Parts;
@@ -17,9 +25,11 @@ use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use super::body::{BodySlot, Leftover, TooLarge};
-use super::pool::PooledBody;
+use super::backend::ExchangeResult;
+use super::body::{BodySlot, Leftover, Stalled, TooLarge, UpstreamBody};
+use super::pool::{Pool, PooledBody, SendError};
 use super::upstream::{Backend, InFlight, Refusal, Upstream};
+use crate::config::BackendProtocol;
 use crate::error::{BackendError, DisplayChain, GatewayError, Overload};
 
 /// How requests of one service (deployment) are forwarded.
@@ -32,6 +42,8 @@ pub struct ForwardSettings {
     /// `max_concurrent_requests_per_backend` (0: no limit).
     pub limit: usize,
     pub max_wait: Duration,
+    /// `limits.body_idle_timeout`: the longest wait for the request body's next KiB.
+    pub body_idle: Duration,
 }
 
 /// Which backend route a request goes to.
@@ -90,7 +102,7 @@ pub async fn forward(
     };
     let query = parts.uri.query();
     let mut headers = parts.headers;
-    let slot_body = BodySlot::new(body, settings.max_body);
+    let slot_body = BodySlot::new(body, settings.max_body, settings.body_idle);
     let fail = |error, backend| ForwardError {
         error,
         backend,
@@ -119,23 +131,31 @@ pub async fn forward(
         } else {
             std::mem::take(&mut headers)
         };
-        let sent = tokio::time::timeout_at(
+        let (sent, slot) = Exchange::start(
+            backend.pool.clone(),
+            up.protocol,
+            backend_path(path, query),
+            req,
+            slot,
             deadline,
-            backend
-                .pool
-                .send(up.protocol, backend_path(path, query), req),
         )
         .await;
         match sent {
             Ok(Ok(response)) => {
                 backend.connect_succeeded();
+                backend.count(ExchangeResult::Response);
                 return Ok(Forwarded {
-                    response,
+                    response: response.map(|b| b.with_idle_limit(settings.scoring_timeout)),
                     backend,
                     slot,
                 });
             }
             Err(_) => {
+                backend.count(ExchangeResult::Timeout);
+                backend.record_error(format!(
+                    "no response head within scoring_timeout ({})",
+                    humantime::format_duration(settings.scoring_timeout)
+                ));
                 return Err(fail(
                     GatewayError::ScoringTimeout(settings.scoring_timeout),
                     Some(backend),
@@ -153,6 +173,16 @@ pub async fn forward(
                         Some(backend),
                     ));
                 }
+                if let Some(s) = find_source::<Stalled>(&e) {
+                    return Err(fail(GatewayError::RequestTimeout(s.0), Some(backend)));
+                }
+                // The client's body was at fault above; from here on the backend was.
+                backend.count(if e.is_connect() {
+                    ExchangeResult::ConnectError
+                } else {
+                    ExchangeResult::Error
+                });
+                backend.record_error(DisplayChain(&e).to_string());
                 // Retry once, elsewhere, only if nothing was sent and the body is still ours.
                 if e.is_connect() && tried.is_none() && slot_body.available() {
                     tracing::warn!(backend = %backend.url, error = %e, "cannot connect to backend, trying another");
@@ -168,6 +198,62 @@ pub async fn forward(
                 };
                 return Err(fail(GatewayError::BackendUnavailable(cause), Some(backend)));
             }
+        }
+    }
+}
+
+type Sent = Result<Result<Response<PooledBody>, SendError>, tokio::time::error::Elapsed>;
+
+/// One attempt's exchange with a backend: the request sent and its response head awaited under
+/// the scoring deadline, holding the backend slot. Dropped before it finished (the client went
+/// away), it finishes in a task of its own, and the slot is given back only then.
+struct Exchange {
+    fut: Option<Pin<Box<dyn Future<Output = Sent> + Send>>>,
+    slot: Option<InFlight>,
+}
+
+impl Exchange {
+    fn start(
+        pool: Arc<Pool>,
+        protocol: BackendProtocol,
+        path: PathAndQuery,
+        req: Request<UpstreamBody>,
+        slot: InFlight,
+        deadline: tokio::time::Instant,
+    ) -> Exchange {
+        Exchange {
+            fut: Some(Box::pin(tokio::time::timeout_at(deadline, async move {
+                pool.send(protocol, path, req).await
+            }))),
+            slot: Some(slot),
+        }
+    }
+}
+
+impl Future for Exchange {
+    type Output = (Sent, InFlight);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.fut.as_mut().expect("polled after completion");
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(r) => {
+                self.fut = None;
+                Poll::Ready((r, self.slot.take().expect("the slot is held until done")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let (Some(fut), Some(slot)) = (self.fut.take(), self.slot.take()) {
+            // The backend may still be computing: keep its slot until it answers (the answer
+            // is dropped unread) or the deadline passes.
+            tokio::spawn(async move {
+                let _ = fut.await;
+                drop(slot);
+            });
         }
     }
 }

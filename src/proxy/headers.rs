@@ -9,6 +9,9 @@ pub const X_MS_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-cli
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The rate-limit headers (contract §7): the gateway's own, never a backend's.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
@@ -117,7 +120,8 @@ pub fn rewrite_request(h: &mut HeaderMap, fwd: &ForwardedFor<'_>, request_id: &H
 
 /// Turns the backend's response headers into the client's: hop-by-hop headers removed (a
 /// response with both `Transfer-Encoding` and `Content-Length` loses the length, RFC 9112 §6.3),
-/// exactly one `x-ms-request-id` (the gateway's), the client's request id echoed (and no other).
+/// exactly one `x-ms-request-id` (the gateway's), the client's request id echoed (and no other),
+/// and no rate-limit headers (the gateway adds its own).
 pub fn rewrite_response(
     h: &mut HeaderMap,
     request_id: HeaderValue,
@@ -127,6 +131,8 @@ pub fn rewrite_response(
         h.remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(h);
+    h.remove(RATELIMIT);
+    h.remove(RATELIMIT_POLICY);
     h.insert(X_MS_REQUEST_ID, request_id);
     // Only the client's own id is echoed: azmlinfsrv answers the (deprecated) `x-ms-request-id`
     // we forward by echoing it as `x-ms-client-request-id`, which the client never sent.
@@ -241,6 +247,8 @@ mod tests {
             ("content-length", "10"),
             ("connection", "close"),
             ("x-ms-run-function-failed", "True"),
+            ("ratelimit", "\"backend\";r=1;t=0"),
+            ("ratelimit-policy", "\"backend\";q=1;w=1"),
         ]);
         rewrite_response(
             &mut h,
@@ -255,6 +263,7 @@ mod tests {
         assert!(!h.contains_key("content-length") && !h.contains_key("transfer-encoding"));
         assert!(!h.contains_key("connection"));
         assert_eq!(h["x-ms-run-function-failed"], "True");
+        assert!(!h.contains_key("ratelimit") && !h.contains_key("ratelimit-policy"));
         // A backend's echo of an id the client never sent is dropped.
         let mut h = map(&[("x-ms-client-request-id", "gw-forwarded-id")]);
         rewrite_response(&mut h, HeaderValue::from_static("gw"), None);

@@ -11,6 +11,15 @@
 //! This replaces hyper-util's general-purpose pooled client on the hot path: no pool key to hash,
 //! no checkout future, no task spawned per request to wait for the connection to be reusable.
 //!
+//! Two limits protect the gateway from a backend that misbehaves:
+//! - before a response head arrives, an HTTP/1.1 connection may deliver at most
+//!   `MAX_BYTES_BEFORE_HEAD` (hyper skips 1xx responses without bound, so a backend that sends
+//!   `100 Continue` forever would burn a core until the scoring timeout): past it the exchange
+//!   fails (502) and the connection is closed;
+//! - once the head has arrived, the body must keep coming: a gap longer than the service's
+//!   `scoring_timeout` ends it with an error (`BodyStalled`), which frees the slot and both
+//!   connections.
+//!
 //! A pooled connection the backend has closed meanwhile (its keep-alive ran out) is found out
 //! either before sending (the sender reports closed) or when hyper gives the request back unsent
 //! (`try_send_request`): then the request goes on another connection. A request that was sent is
@@ -23,7 +32,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,8 +44,9 @@ use http::{Request, Response, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::body::UpstreamBody;
 use crate::config::BackendProtocol;
@@ -53,6 +63,96 @@ const MAX_IDLE: usize = 256;
 /// Requests that find a pooled connection closed under them try this many more connections
 /// (the last one always new) before giving up.
 const MAX_UNSENT_RETRIES: usize = 2;
+
+/// What an HTTP/1.1 backend may send before its response head (1xx responses included): a head
+/// is at most a few KiB; hyper may read some body along with it, up to its read buffer
+/// (~400 KiB).
+pub const MAX_BYTES_BEFORE_HEAD: usize = 1024 * 1024;
+
+/// Counts what an HTTP/1.1 backend connection reads while an exchange awaits its head.
+#[derive(Debug, Default)]
+pub struct Meter {
+    read: AtomicUsize,
+    armed: AtomicBool,
+}
+
+impl Meter {
+    fn arm(&self) {
+        self.read.store(0, Ordering::Relaxed);
+        self.armed.store(true, Ordering::Relaxed);
+    }
+
+    fn disarm(&self) {
+        self.armed.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The backend's TCP stream, failing reads once `MAX_BYTES_BEFORE_HEAD` came without a head.
+struct Metered {
+    tcp: TcpStream,
+    meter: Arc<Meter>,
+}
+
+/// The backend sent more than `MAX_BYTES_BEFORE_HEAD` without a final response head.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the backend sent over {MAX_BYTES_BEFORE_HEAD} bytes without a response head (endless 1xx responses?)"
+)]
+pub struct NoHead;
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        if self.meter.armed.load(Ordering::Relaxed) {
+            let n = buf.filled().len() - before;
+            if self.meter.read.fetch_add(n, Ordering::Relaxed) + n > MAX_BYTES_BEFORE_HEAD {
+                return Poll::Ready(Err(io::Error::other(NoHead)));
+            }
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// An HTTP/1.1 connection to a backend: its sender and the meter of its reads.
+pub struct H1Conn {
+    tx: http1::SendRequest<UpstreamBody>,
+    meter: Arc<Meter>,
+}
 
 /// Why a request got no response from the backend.
 #[derive(Debug)]
@@ -89,7 +189,7 @@ impl StdError for SendError {
 }
 
 struct Idle {
-    tx: http1::SendRequest<UpstreamBody>,
+    conn: H1Conn,
     since: Instant,
 }
 
@@ -171,18 +271,22 @@ impl Pool {
             } else {
                 None
             };
-            let mut tx = match pooled {
-                Some(tx) => tx,
+            let mut conn = match pooled {
+                Some(c) => c,
                 None => {
                     self.start_sweeper();
                     connect_h1(authority).await?
                 }
             };
-            match tx.try_send_request(req).await {
+            conn.meter.arm();
+            let sent = conn.tx.try_send_request(req).await;
+            conn.meter.disarm();
+            match sent {
                 Ok(resp) => {
                     return Ok(resp.map(|body| PooledBody {
                         body,
-                        back: Some((self.clone(), tx)),
+                        back: Some((self.clone(), conn)),
+                        idle: None,
                     }));
                 }
                 Err(mut e) => match e.take_message() {
@@ -202,45 +306,45 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still usable.
-    async fn checkout(&self) -> Option<http1::SendRequest<UpstreamBody>> {
+    async fn checkout(&self) -> Option<H1Conn> {
         loop {
             let idle = self.h1.lock().unwrap().pop_back()?;
             if idle.since.elapsed() >= IDLE_TIMEOUT {
                 // Everything below it is older still (the sweeper closes those).
                 return None;
             }
-            let mut tx = idle.tx;
+            let mut conn = idle.conn;
             // Only ready connections are checked in; this finds one that closed since.
-            if tx.ready().await.is_ok() {
-                return Some(tx);
+            if conn.tx.ready().await.is_ok() {
+                return Some(conn);
             }
         }
     }
 
     /// Puts a connection whose exchange is over back on the stack, once it can take a new
     /// request: at once, or (the request body is still being sent) from a task that waits.
-    fn checkin(self: Arc<Self>, mut tx: http1::SendRequest<UpstreamBody>) {
-        if tx.is_closed() {
+    fn checkin(self: Arc<Self>, mut conn: H1Conn) {
+        if conn.tx.is_closed() {
             return;
         }
-        if tx.is_ready() {
-            self.push_idle(tx);
+        if conn.tx.is_ready() {
+            self.push_idle(conn);
             return;
         }
         tokio::spawn(async move {
-            if tx.ready().await.is_ok() {
-                self.push_idle(tx);
+            if conn.tx.ready().await.is_ok() {
+                self.push_idle(conn);
             }
         });
     }
 
-    fn push_idle(&self, tx: http1::SendRequest<UpstreamBody>) {
+    fn push_idle(&self, conn: H1Conn) {
         let mut idle = self.h1.lock().unwrap();
         if idle.len() >= MAX_IDLE {
             idle.pop_front();
         }
         idle.push_back(Idle {
-            tx,
+            conn,
             since: Instant::now(),
         });
     }
@@ -274,7 +378,7 @@ impl Pool {
                 .position(|i| i.since.elapsed() < IDLE_TIMEOUT)
                 .unwrap_or(idle.len());
             let stale = idle.drain(..keep).collect();
-            idle.retain(|i| !i.tx.is_closed());
+            idle.retain(|i| !i.conn.tx.is_closed());
             stale
         };
         // Dropped outside the lock: each drop ends that connection's task.
@@ -288,7 +392,7 @@ impl Pool {
     ) -> Result<Response<PooledBody>, SendError> {
         let mut tx = self.shared_h2(authority).await?;
         match tx.try_send_request(req).await {
-            Ok(resp) => Ok(resp.map(|body| PooledBody { body, back: None })),
+            Ok(resp) => Ok(resp.map(PooledBody::unpooled)),
             Err(mut e) => match e.take_message() {
                 // The connection was closing (GOAWAY, a restarted backend): once more, on a
                 // new one.
@@ -296,7 +400,7 @@ impl Pool {
                     self.forget_h2(&tx);
                     let mut tx = self.shared_h2(authority).await?;
                     match tx.try_send_request(unsent).await {
-                        Ok(resp) => Ok(resp.map(|body| PooledBody { body, back: None })),
+                        Ok(resp) => Ok(resp.map(PooledBody::unpooled)),
                         Err(mut e) => match e.take_message() {
                             Some(_) => Err(unsent_error(e.into_error())),
                             None => Err(SendError::Request(e.into_error())),
@@ -375,13 +479,18 @@ async fn connect_tcp(authority: &Authority) -> Result<TcpStream, SendError> {
     Ok(tcp)
 }
 
-async fn connect_h1(authority: &Authority) -> Result<http1::SendRequest<UpstreamBody>, SendError> {
+async fn connect_h1(authority: &Authority) -> Result<H1Conn, SendError> {
     let tcp = connect_tcp(authority).await?;
-    let (tx, conn) = http1::handshake(TokioIo::new(tcp))
+    let meter = Arc::new(Meter::default());
+    let io = Metered {
+        tcp,
+        meter: meter.clone(),
+    };
+    let (tx, conn) = http1::handshake(TokioIo::new(io))
         .await
         .map_err(SendError::Request)?;
     drive(authority, conn);
-    Ok(tx)
+    Ok(H1Conn { tx, meter })
 }
 
 async fn connect_h2(authority: &Authority) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
@@ -406,35 +515,77 @@ fn drive(authority: &Authority, conn: impl Future<Output = hyper::Result<()>> + 
 }
 
 /// A backend's response body that puts its HTTP/1.1 connection back in the pool once read to
-/// the end.
+/// the end, and fails (`BodyStalled`) when the backend pauses longer than its idle limit.
 pub struct PooledBody {
     body: Incoming,
-    back: Option<(Arc<Pool>, http1::SendRequest<UpstreamBody>)>,
+    back: Option<(Arc<Pool>, H1Conn)>,
+    /// The longest gap between frames, and its timer (made the first time the body waits).
+    idle: Option<(Duration, Option<Pin<Box<Sleep>>>)>,
 }
 
+/// The backend paused its response body for longer than the service's `scoring_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the backend's response body stalled for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
 impl PooledBody {
+    fn unpooled(body: Incoming) -> Self {
+        PooledBody {
+            body,
+            back: None,
+            idle: None,
+        }
+    }
+
+    /// The body fails when the backend pauses longer than `limit` between frames.
+    pub fn with_idle_limit(mut self, limit: Duration) -> Self {
+        self.idle = Some((limit, None));
+        self
+    }
+
     fn done(&mut self) {
-        if let Some((pool, tx)) = self.back.take() {
-            Pool::checkin(pool, tx);
+        if let Some((pool, conn)) = self.back.take() {
+            Pool::checkin(pool, conn);
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn StdError + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.body).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => self.done(),
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.done();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.back = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some((limit, Some(timer))) = &mut this.idle {
+                    timer.as_mut().reset(Instant::now() + *limit);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Pending => {
+                if let Some((limit, timer)) = &mut this.idle {
+                    let limit = *limit;
+                    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if t.as_mut().poll(cx).is_ready() {
+                        this.back = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyStalled(limit)))));
+                    }
+                }
+                Poll::Pending
+            }
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,12 +1,15 @@
 //! Reload (SIGHUP, `POST /v1/reload`, watch mode) in four steps, so that a reload that fails
 //! anywhere leaves *nothing* changed — keys, signing keys, probe settings, files:
 //!
-//! 1. **plan**: read the config, certificates and JWKS files, and compute the store state the
-//!    new config asks for (new records, presets, a signing key for a new algorithm), all off the
-//!    runtime; compare the configs (`changes`) to report what changed and keep start-time settings;
+//! 1. **plan**: read the config, certificates and JWKS files off the runtime, compare the
+//!    configs (`changes`) to report what changed and keep start-time settings, and compute the
+//!    store state the new config asks for (new records, presets, a signing key for a new
+//!    algorithm) on the store's current content;
 //! 2. **build**: the new snapshot, key cells and signing set, off to the side (`Shared::build`);
-//! 3. **persist**: write the planned store state (one atomic write);
-//! 4. **publish**: put the certificates and the built state in force (cannot fail).
+//! 3. **persist**: write the planned store state (one atomic file write; for a shared store one
+//!    compare-and-set per changed record, re-planned when another replica won a race, and refused
+//!    whole with 503 `StoreUnavailable` while the store is unreachable);
+//! 4. **publish**: put the built state and the certificates in force (cannot fail).
 //!
 //! What carries over: backend runtime state (keyed by URL, see `state`), pooled connections
 //! (keyed by address), and the TLS config itself (session tickets, resumption cache): certificates
@@ -21,7 +24,6 @@ pub mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use crate::config::Config;
 use crate::state::{BuildError, Shared, publish_cert_metrics};
@@ -73,39 +75,33 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
     result
 }
 
-/// What step 1 reads and computes.
-struct Planned {
+/// What step 1 reads off the runtime.
+struct Loaded {
     config: Config,
     certs: CertStore,
     issuers: Vec<Arc<crate::auth::issuers::TrustedIssuer>>,
-    state: crate::store::StoreState,
 }
 
 async fn apply(shared: &Arc<Shared>, path: PathBuf) -> Result<ReloadReport, ReloadError> {
     let old = shared.snapshot();
-    // 1. plan
-    let (current, store, old_snap) = (shared.state(), shared.store.clone(), old.clone());
-    let Planned {
+    // 1. plan: the files, off the runtime; the store plan is made in `apply_config`.
+    let old_snap = old.clone();
+    let Loaded {
         mut config,
         certs,
         issuers,
-        state,
-    } = tokio::task::spawn_blocking(move || -> Result<Planned, BuildError> {
+    } = tokio::task::spawn_blocking(move || -> Result<Loaded, BuildError> {
         let config = Config::load(&path)?;
         let certs = crate::tls::load_all(&config.tls)?;
         let issuers = crate::state::load_issuers(&old_snap.issuers, &config)?;
-        let state = crate::store::plan::plan(&current, &config, SystemTime::now(), &|v| {
-            store.fingerprint(v)
-        })?;
-        Ok(Planned {
+        Ok(Loaded {
             config,
             certs,
             issuers,
-            state,
         })
     })
     .await
-    .expect("planning a reload does not panic")?;
+    .expect("loading a reload does not panic")?;
     let certs_changed = cert_ids(&shared.certs.current()) != cert_ids(&certs);
     let report = changes(&old.config, &mut config, certs_changed);
     let removed: Vec<String> = old
@@ -115,20 +111,11 @@ async fn apply(shared: &Arc<Shared>, path: PathBuf) -> Result<ReloadReport, Relo
         .filter(|s| config.service(&s.name).is_none())
         .map(|s| s.name.clone())
         .collect();
-    // 2. build
-    let built = shared.build(config, state, issuers)?;
-    // 3. persist
-    if built.state != shared.state() {
-        shared
-            .store
-            .commit(&built.state)
-            .await
-            .map_err(BuildError::from)?;
-    }
-    // 4. publish
+    // 2.-4. the store plan, build, persist, publish (see `Shared::apply_config`); then the
+    // certificates, which nothing after can fail.
+    shared.apply_config(config, issuers, false).await?;
     publish_cert_metrics(&shared.metrics, &certs);
     shared.certs.publish(certs);
-    shared.publish(built);
     for name in removed {
         shared
             .metrics

@@ -2,13 +2,15 @@
 //! v2 header (from trusted proxies) and the TLS handshake, under `tls_handshake_timeout`. An
 //! established connection goes on to `http`.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use super::http::serve_http;
@@ -20,6 +22,52 @@ use crate::proxy_protocol;
 /// How long the accept loop pauses after a failed `accept` (EMFILE and friends) instead of
 /// spinning on it.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// When fewer than this share of `max_connections` is left, idle connections are asked to close
+/// (as HAProxy and nginx reclaim keep-alive connections under pressure)...
+const PRESSURE_FREE_SHARE: usize = 10;
+/// ...at most this often.
+const PRESSURE_EVERY: Duration = Duration::from_millis(100);
+
+/// Open connections by client address, capped per address.
+pub(super) struct PerClient {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerClient {
+    pub(super) fn new(max: usize) -> Self {
+        PerClient {
+            max,
+            counts: Mutex::default(),
+        }
+    }
+
+    /// A place for one more connection from `ip`, or `None` at the cap.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut counts = self.counts.lock().unwrap();
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot(self.clone(), ip))
+    }
+}
+
+/// One connection counted against its client address until dropped.
+pub(super) struct ClientSlot(Arc<PerClient>, IpAddr);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.0.counts.lock().unwrap();
+        if let Some(n) = counts.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.1);
+            }
+        }
+    }
+}
 
 fn refuse(metrics: &Metrics, reason: &str) {
     metrics
@@ -34,6 +82,7 @@ pub(super) async fn accept_loop(
     mut phase: watch::Receiver<Phase>,
     open: mpsc::Sender<()>,
 ) {
+    let mut last_pressure = Instant::now() - PRESSURE_EVERY;
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -58,12 +107,31 @@ pub(super) async fn accept_loop(
             refuse(&front.shared.metrics, "max_connections");
             continue;
         };
+        // Clients behind a trusted proxy are counted once their PROXY header names them; an
+        // HTTP proxy's clients share its address and are not limited per address.
+        let client_slot = if conn.expects_proxy_header() || conn.http_proxy {
+            None
+        } else {
+            match front.per_client.clone().take(conn.client.ip()) {
+                Some(s) => Some(s),
+                None => {
+                    refuse(&front.shared.metrics, "max_connections_per_client");
+                    continue;
+                }
+            }
+        };
+        if front.slots.available_permits() < front.limits.max_connections / PRESSURE_FREE_SHARE
+            && last_pressure.elapsed() >= PRESSURE_EVERY
+        {
+            last_pressure = Instant::now();
+            front.pressure.send_modify(|g| *g += 1);
+        }
         let _ = tcp.set_nodelay(true);
         tokio::spawn(connection(
             front.clone(),
             tcp,
             conn,
-            permit,
+            (permit, client_slot),
             phase.clone(),
             open.clone(),
         ));
@@ -92,10 +160,11 @@ async fn connection(
     front: Arc<Front>,
     tcp: TcpStream,
     conn: ConnIdentity,
-    _slot: OwnedSemaphorePermit,
+    slots: (OwnedSemaphorePermit, Option<ClientSlot>),
     mut phase: watch::Receiver<Phase>,
     _open: mpsc::Sender<()>,
 ) {
+    let (_global, mut client_slot) = slots;
     let metrics = &front.shared.metrics;
     let _counted = Counted::new(metrics);
     let peer = conn.peer;
@@ -103,7 +172,7 @@ async fn connection(
     // must not stay part of this task's future for the connection's whole life (idle memory).
     let setup = tokio::time::timeout(
         front.limits.tls_handshake_timeout,
-        Box::pin(handshake(&front, tcp, conn)),
+        Box::pin(handshake(&front, tcp, conn, &mut client_slot)),
     );
     let stopping = stopping(&mut phase);
     // A connection still shaking hands has no request to finish: the drain drops it.
@@ -129,6 +198,7 @@ async fn handshake(
     front: &Front,
     mut tcp: TcpStream,
     mut conn: ConnIdentity,
+    client_slot: &mut Option<ClientSlot>,
 ) -> Option<(Box<TlsStream<TcpStream>>, ConnIdentity)> {
     let metrics = &front.shared.metrics;
     let peer = conn.peer;
@@ -144,6 +214,13 @@ async fn handshake(
                 {
                     refuse(metrics, "policy");
                     return None;
+                }
+                match front.per_client.clone().take(conn.client.ip()) {
+                    Some(s) => *client_slot = Some(s),
+                    None => {
+                        refuse(metrics, "max_connections_per_client");
+                        return None;
+                    }
                 }
             }
             Ok(proxy_protocol::Header::Local) => conn = conn.with_proxy_source(None),

@@ -26,6 +26,14 @@ use crate::state::Shared;
 /// HTTP/2 PINGs find dead peers behind NATs that silently dropped the connection.
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Streams the gateway itself may reset on one HTTP/2 connection before it is closed (h2's
+/// defence against CVE-2023-44487-style floods, RUSTSEC-2024-0003). On the normal path the
+/// gateway resets none: a request body is read to its end even after the answer is sent
+/// (`proxy::body`), so this only counts refusals of abusive streams.
+const H2_MAX_LOCAL_RESETS: usize = 1024;
+/// Streams a client may open and reset before they are accepted (the rapid-reset attack);
+/// h2's own default.
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// hyper's smallest allowed read buffer; the header limit may ask for more.
 const MIN_READ_BUF: usize = 8 * 1024;
 
@@ -48,6 +56,8 @@ impl Builders {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
             .max_header_list_size(limits.max_header_size as u32)
             .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
             .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
@@ -63,7 +73,10 @@ pub(super) async fn serve_http(
     phase: &mut watch::Receiver<Phase>,
 ) {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let act = Arc::new(Activity::new(h2));
+    let act = Arc::new(Activity::new(
+        h2,
+        front.shared.metrics.requests_cancelled.clone(),
+    ));
     // HTTP/1.1 clients often connect ahead of need; hyper allocates its buffers (16 KiB) when
     // it starts, so it starts only once the first request begins to arrive.
     if !h2 && !first_bytes(front, &tls, conn.peer, phase).await {
@@ -83,6 +96,7 @@ pub(super) async fn serve_http(
         limits: &front.limits,
         metrics: &front.shared.metrics,
         peer,
+        pressure: front.pressure.subscribe(),
     };
     // Future sizes are idle memory: every connection holds its own for its whole life, and hyper
     // holds room for one `serve_request` future. So each protocol's connection is pinned in its
@@ -109,10 +123,7 @@ async fn serve_request(
 ) -> Result<hyper::Response<Guarded<gateway::RespBody>>, Infallible> {
     let in_use = InUse::begin(act);
     let resp = gateway::handle(shared, conn, req).await?;
-    Ok(resp.map(|body| Guarded {
-        body,
-        _in_use: in_use,
-    }))
+    Ok(resp.map(|body| Guarded::new(body, in_use)))
 }
 
 /// Waits, under the header-read timer and the drain, until an HTTP/1.1 connection has something

@@ -63,8 +63,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, StoreConfig};
 use crate::state::Shared;
+use crate::store::StoreError;
 
 /// What every connection of every scoring listener shares.
 struct Front {
@@ -74,6 +75,10 @@ struct Front {
     builders: http::Builders,
     /// `limits.max_connections`, across all listeners.
     slots: Arc<Semaphore>,
+    /// Connections per client address (`limits.max_connections_per_client`).
+    per_client: Arc<accept::PerClient>,
+    /// Bumped when the connection cap is near, so idle connections close first.
+    pressure: watch::Sender<u64>,
 }
 
 /// After the drain deadline, connections are told to close; this bounds the wait for that.
@@ -107,31 +112,77 @@ pub struct Server {
     drained: mpsc::Receiver<()>,
 }
 
-/// Binds every listener, then builds the state (so nothing is written to the state dir when a
-/// port is taken), then starts serving.
-pub async fn start(config: Config) -> anyhow::Result<Server> {
-    let admin_cfg = config.admin.clone();
-    let limits = config.limits.clone();
-    let watch_files = config.server.watch;
+/// How long a replica waits between attempts to reach a shared store it cannot start without,
+/// at first and at most.
+const START_RETRY_MIN: Duration = Duration::from_secs(1);
+const START_RETRY_MAX: Duration = Duration::from_secs(30);
+
+async fn bind_all(addresses: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
     let mut listeners = Vec::new();
-    for a in &config.listen.addresses {
+    for a in addresses {
         let l = TcpListener::bind(a)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {a}: {e}"))?;
         listeners.push(l);
     }
+    Ok(listeners)
+}
+
+/// Binds the listeners, builds the state and starts serving.
+///
+/// With the file store every listener is bound first, so nothing is written to the state dir
+/// when a port is taken. With a shared store the admin listener comes first (`/healthz` 200,
+/// `/readyz` 503 meanwhile) and the state is retried with back-off until the store (or this
+/// replica's cache of it) gives one; only then are the scoring listeners bound (contract §6).
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let admin_cfg = config.admin.clone();
+    let limits = config.limits.clone();
+    let watch_files = config.server.watch;
+    let file_store = matches!(config.store, StoreConfig::File);
+    let addresses = config.listen.addresses.clone();
+    let mut listeners = Vec::new();
+    if file_store {
+        listeners = bind_all(&addresses).await?;
+    }
+    let cell: crate::admin::StateCell = Default::default();
     let admin = crate::admin::bind(&admin_cfg).await?;
-    let shared = Shared::start(config).await?;
-    let admin = admin.start(shared.clone(), &admin_cfg).await?;
+    let admin = admin.start(cell.clone(), &admin_cfg, file_store).await?;
     let admin_addr = admin.local_addr;
     let (admin_stop, admin_rx) = watch::channel(false);
     let admin_task = tokio::spawn(admin.serve(admin_rx));
+    let shared = if file_store {
+        Shared::start(config).await?
+    } else {
+        let mut wait = START_RETRY_MIN;
+        loop {
+            match Shared::start(config.clone()).await {
+                Ok(s) => break s,
+                Err(crate::state::BuildError::Store(e))
+                    if matches!(e, StoreError::NotReady(_) | StoreError::Unavailable(_)) =>
+                {
+                    tracing::error!(error = %e, retry_in = ?wait, "not ready: no state to serve yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(START_RETRY_MAX);
+                }
+                Err(e) => {
+                    let _ = admin_stop.send(true);
+                    return Err(e.into());
+                }
+            }
+        }
+    };
+    cell.store(Some(shared.clone()));
+    if !file_store {
+        listeners = bind_all(&addresses).await?;
+    }
 
     let front = Arc::new(Front {
         shared: shared.clone(),
         acceptor: TlsAcceptor::from(shared.tls_config.clone()),
         builders: http::Builders::new(&limits),
         slots: Arc::new(Semaphore::new(limits.max_connections)),
+        per_client: Arc::new(accept::PerClient::new(limits.max_connections_per_client)),
+        pressure: watch::channel(0).0,
         limits,
     });
     let (phase, _) = watch::channel(Phase::Serving);
@@ -170,7 +221,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 /// `scoregate serve`: runs until SIGTERM/SIGINT, reloading on SIGHUP, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = crate::signals::Signals::install()?;
-    let server = start(config).await?;
+    // A replica waiting for its shared store can still be stopped.
+    let server = tokio::select! {
+        s = start(config) => s?,
+        () = signals.recv_stop() => return Ok(()),
+    };
     let shared = server.shared.clone();
     if let Some(mut hup) = signals.hangup.take() {
         let s = shared.clone();

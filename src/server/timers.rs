@@ -1,19 +1,22 @@
-//! The per-connection timers: header read (HTTP/1.1), idle, and send (a client that stopped
-//! reading), driven by one timer per connection that is re-armed only when it fires (see the
-//! limits in the `server` module comment).
+//! The per-connection timers and guards: header read (HTTP/1.1), idle, and send (a client that
+//! stopped reading: a blocked socket write, or an HTTP/2 stream whose flow-control window never
+//! opens), driven by one timer per connection that is re-armed only when it fires (see the limits
+//! in the `server` module comment); and the two reasons a connection is closed early: a client
+//! that cancels most of its HTTP/2 streams after they were accepted, and idle connections when
+//! the connection cap is near.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::Phase;
@@ -23,19 +26,46 @@ use crate::metrics::Metrics;
 /// A connection closed for idleness gets this long to finish closing by itself (an HTTP/2 GOAWAY
 /// and PING round trip, TLS close_notify) before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// An HTTP/2 connection whose client has cancelled at least this many accepted streams, and more
+/// than half of all its streams, is closed (GOAWAY): cancelling after acceptance is how a client
+/// piles work onto backends without holding anything itself.
+pub(super) const CANCELLED_STREAMS_MIN: u64 = 50;
 
 pub(super) struct Drive<'a> {
     pub act: &'a Activity,
     pub limits: &'a Limits,
     pub metrics: &'a Metrics,
     pub peer: SocketAddr,
+    /// Bumped when the connection cap is near: idle connections close to make room.
+    pub pressure: watch::Receiver<u64>,
 }
 
 impl Drive<'_> {
+    /// Closes the connection gracefully for `reason` (counted), and arms the backstop.
+    fn close_for(
+        &self,
+        reason: &'static str,
+        closing: &mut bool,
+        backstop: &mut Option<Instant>,
+        timer: &mut Pin<&mut tokio::time::Sleep>,
+        graceful: impl FnOnce(),
+    ) {
+        self.metrics
+            .connections_closed
+            .with_label_values(&[reason])
+            .inc();
+        tracing::debug!(peer = %self.peer, reason, "closing connection");
+        graceful();
+        *closing = true;
+        let at = Instant::now() + CLOSE_GRACE;
+        *backstop = Some(at);
+        timer.as_mut().reset(at);
+    }
+
     /// Runs a hyper connection to its end, applying the header-read and idle timers and the
     /// drain phases. `graceful` starts hyper's graceful close of that connection.
     pub(super) async fn run<C>(
-        &self,
+        mut self,
         mut conn: Pin<&mut C>,
         graceful: impl Fn(Pin<&mut C>),
         phase: &mut watch::Receiver<Phase>,
@@ -54,6 +84,7 @@ impl Drive<'_> {
         // says when to look next), so requests do not touch the timer wheel.
         let timer = tokio::time::sleep_until(Instant::now());
         let mut timer = pin!(timer);
+        let mut pressure_open = true;
         loop {
             tokio::select! {
                 r = conn.as_mut() => {
@@ -79,6 +110,17 @@ impl Drive<'_> {
                         }
                         Phase::Draining => {}
                         Phase::Closing => return,
+                    }
+                }
+                () = self.act.kick.notified(), if !closing => {
+                    // Too many cancelled streams: stop taking new ones, let the rest finish.
+                    self.close_for("cancelled_streams", &mut closing, &mut backstop, &mut timer, || graceful(conn.as_mut()));
+                }
+                changed = self.pressure.changed(), if pressure_open && !closing => {
+                    if changed.is_err() {
+                        pressure_open = false;
+                    } else if self.act.is_idle() {
+                        self.close_for("pressure", &mut closing, &mut backstop, &mut timer, || graceful(conn.as_mut()));
                     }
                 }
                 () = timer.as_mut() => {
@@ -156,6 +198,25 @@ pub(super) struct Activity {
     /// through clears it. Otherwise a write costs one relaxed load.
     write_blocked: AtomicBool,
     h2: bool,
+    /// Woken when the connection should close early (too many cancelled streams).
+    kick: Notify,
+    /// Requests the client cancelled (metric, per process).
+    cancelled_metric: prometheus::IntCounter,
+}
+
+/// How far an HTTP/2 response body has come: bumped each time hyper polls it, and whether the
+/// last poll was waiting on the backend. A body that hyper has not polled for `idle_timeout`
+/// while it had data to give is one the client's flow control holds up.
+#[derive(Default)]
+pub(super) struct Progress {
+    polls: AtomicU64,
+    waiting_on_backend: AtomicBool,
+}
+
+struct StreamWatch {
+    progress: Arc<Progress>,
+    seen: u64,
+    since: Instant,
 }
 
 struct Clock {
@@ -169,10 +230,15 @@ struct Clock {
     served: bool,
     /// Since when a write to the client has been blocked.
     blocked_since: Option<Instant>,
+    /// Requests started, and those the client cancelled before their response ended.
+    requests: u64,
+    cancelled: u64,
+    /// HTTP/2 response bodies being sent.
+    streams: Vec<StreamWatch>,
 }
 
 impl Activity {
-    pub(super) fn new(h2: bool) -> Self {
+    pub(super) fn new(h2: bool, cancelled_metric: prometheus::IntCounter) -> Self {
         Activity {
             clock: Mutex::new(Clock {
                 active: 0,
@@ -180,11 +246,20 @@ impl Activity {
                 first_byte: None,
                 served: false,
                 blocked_since: None,
+                requests: 0,
+                cancelled: 0,
+                streams: Vec::new(),
             }),
             awaiting_byte: AtomicBool::new(!h2),
             write_blocked: AtomicBool::new(false),
             h2,
+            kick: Notify::new(),
+            cancelled_metric,
         }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.clock.lock().unwrap().active == 0
     }
 
     fn on_read(&self) {
@@ -214,7 +289,7 @@ impl Activity {
     /// whenever a head is being read) the time returned is the header-read deadline itself.
     fn check(&self, limits: &Limits) -> Result<Instant, Expired> {
         let now = Instant::now();
-        let c = self.clock.lock().unwrap();
+        let mut c = self.clock.lock().unwrap();
         // HTTP/1.1: a first byte may come at any moment after this check.
         let look_again = if self.h2 {
             now + limits.idle_timeout
@@ -231,8 +306,24 @@ impl Activity {
             };
         }
         if c.active > 0 {
+            // An HTTP/2 response body the client's flow control holds up (hyper has not asked it
+            // for data for `idle_timeout` although it had some) is a client that stopped reading.
+            let mut next = look_again;
+            for w in &mut c.streams {
+                let polls = w.progress.polls.load(Ordering::Relaxed);
+                if polls != w.seen || w.progress.waiting_on_backend.load(Ordering::Relaxed) {
+                    w.seen = polls;
+                    w.since = now;
+                }
+                let deadline = w.since + limits.idle_timeout;
+                if now >= deadline {
+                    return Err(Expired::Send);
+                }
+                // Look again soon enough to notice a stall within a quarter of the limit.
+                next = next.min(now + limits.idle_timeout / 4);
+            }
             // Nothing else can expire while a request runs; its end only moves deadlines later.
-            return Ok(look_again);
+            return Ok(next);
         }
         let (deadline, what) = if !self.h2 && (!c.served || c.first_byte.is_some()) {
             let from = c.first_byte.unwrap_or(c.idle_since);
@@ -249,8 +340,12 @@ impl Activity {
 }
 
 /// One request in progress on a connection: from the service call until its response body has
-/// been sent (or dropped).
-pub(super) struct InUse(Arc<Activity>);
+/// been sent (`complete`), or dropped (the client cancelled it).
+pub(super) struct InUse {
+    act: Arc<Activity>,
+    complete: bool,
+    progress: Option<Arc<Progress>>,
+}
 
 impl InUse {
     pub(super) fn begin(act: Arc<Activity>) -> InUse {
@@ -258,28 +353,59 @@ impl InUse {
             let mut c = act.clock.lock().unwrap();
             c.active += 1;
             c.served = true;
+            c.requests += 1;
         }
         act.awaiting_byte.store(false, Ordering::Relaxed);
-        InUse(act)
+        InUse {
+            act,
+            complete: false,
+            progress: None,
+        }
+    }
+
+    /// The response head is out: on HTTP/2, watch its body for a stalled flow-control window.
+    pub(super) fn responding(mut self) -> InUse {
+        if self.act.h2 {
+            let progress = Arc::new(Progress::default());
+            self.act.clock.lock().unwrap().streams.push(StreamWatch {
+                progress: progress.clone(),
+                seen: 0,
+                since: Instant::now(),
+            });
+            self.progress = Some(progress);
+        }
+        self
     }
 }
 
 impl Drop for InUse {
     fn drop(&mut self) {
-        let mut c = self.0.clock.lock().unwrap();
+        let act = &self.act;
+        let mut c = act.clock.lock().unwrap();
         c.active -= 1;
+        if let Some(p) = &self.progress {
+            c.streams.retain(|w| !Arc::ptr_eq(&w.progress, p));
+        }
+        if !self.complete {
+            c.cancelled += 1;
+            act.cancelled_metric.inc();
+            if act.h2 && c.cancelled >= CANCELLED_STREAMS_MIN && c.cancelled * 2 > c.requests {
+                act.kick.notify_one();
+            }
+        }
         if c.active == 0 {
             c.idle_since = Instant::now();
             c.first_byte = None;
-            self.0.awaiting_byte.store(!self.0.h2, Ordering::Relaxed);
+            act.awaiting_byte.store(!act.h2, Ordering::Relaxed);
         }
     }
 }
 
-/// A response body that keeps its request counted as in progress until it is done.
+/// A response body that keeps its request counted as in progress until it is done, and tells
+/// the connection's timers how it is coming along.
 pub(super) struct Guarded<B> {
     pub body: B,
-    pub _in_use: InUse,
+    pub in_use: InUse,
 }
 
 impl<B: Body + Unpin> Body for Guarded<B> {
@@ -290,7 +416,19 @@ impl<B: Body + Unpin> Body for Guarded<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(p) = &this.in_use.progress {
+            p.polls.fetch_add(1, Ordering::Relaxed);
+            p.waiting_on_backend
+                .store(r.is_pending(), Ordering::Relaxed);
+        }
+        match &r {
+            Poll::Ready(None) => this.in_use.complete = true,
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.in_use.complete = true,
+            _ => {}
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -299,6 +437,20 @@ impl<B: Body + Unpin> Body for Guarded<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl<B> Guarded<B> {
+    pub(super) fn new(body: B, in_use: InUse) -> Self
+    where
+        B: Body,
+    {
+        let mut in_use = in_use.responding();
+        // A body that is already complete (no data) will not be polled.
+        if body.is_end_stream() {
+            in_use.complete = true;
+        }
+        Guarded { body, in_use }
     }
 }
 
@@ -373,13 +525,17 @@ mod tests {
         }
     }
 
+    fn activity(h2: bool) -> Activity {
+        Activity::new(h2, prometheus::IntCounter::new("t", "t").unwrap())
+    }
+
     async fn advance(s: u64) {
         tokio::time::advance(Duration::from_secs(s)).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_http1_connection_runs_out_of_header_time() {
-        let act = Activity::new(false);
+        let act = activity(false);
         let l = limits();
         assert!(act.check(&l).is_ok());
         advance(9).await;
@@ -390,7 +546,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn keep_alive_waits_idle_time_then_a_first_byte_starts_the_header_timer() {
-        let act = Arc::new(Activity::new(false));
+        let act = Arc::new(activity(false));
         let l = limits();
         drop(InUse::begin(act.clone()));
         // Idle after a request: only the idle timer runs.
@@ -401,7 +557,7 @@ mod tests {
         advance(10).await;
         assert_eq!(act.check(&l), Err(Expired::HeaderRead));
         // Without a byte, the idle timer decides.
-        let act = Arc::new(Activity::new(false));
+        let act = Arc::new(activity(false));
         drop(InUse::begin(act.clone()));
         advance(59).await;
         assert!(act.check(&l).is_ok());
@@ -411,7 +567,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn nothing_expires_while_a_request_runs_but_a_blocked_write_does() {
-        let act = Arc::new(Activity::new(true));
+        let act = Arc::new(activity(true));
         let l = limits();
         let busy = InUse::begin(act.clone());
         advance(600).await;
@@ -430,9 +586,61 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_next_look_is_never_past_a_deadline() {
-        let act = Activity::new(false);
+        let act = activity(false);
         let l = limits();
         let next = act.check(&l).unwrap();
         assert!(next <= Instant::now() + l.header_read_timeout);
+    }
+
+    /// Regression (issue 11): an HTTP/2 response body held up by the client's flow control (hyper
+    /// never asks it for data) counts as a client that stopped reading; one waiting on the
+    /// backend does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_the_client_does_not_read_expires_but_one_waiting_on_the_backend_does_not() {
+        let act = Arc::new(activity(true));
+        let l = limits();
+        let stuck = InUse::begin(act.clone()).responding();
+        advance(59).await;
+        assert!(act.check(&l).is_ok());
+        advance(1).await;
+        assert_eq!(act.check(&l), Err(Expired::Send));
+        drop(stuck);
+        let waiting = InUse::begin(act.clone()).responding();
+        waiting
+            .progress
+            .as_ref()
+            .unwrap()
+            .waiting_on_backend
+            .store(true, Ordering::Relaxed);
+        for _ in 0..10 {
+            advance(30).await;
+            assert!(act.check(&l).is_ok(), "the backend is slow, not the client");
+        }
+    }
+
+    /// Regression (issue 11): an HTTP/2 client that cancels most of its accepted streams wakes the
+    /// connection to close it; one that cancels a few does not.
+    #[tokio::test(start_paused = true)]
+    async fn most_streams_cancelled_closes_the_connection() {
+        let act = Arc::new(activity(true));
+        for _ in 0..100 {
+            let mut done = InUse::begin(act.clone());
+            done.complete = true;
+        }
+        for _ in 0..(CANCELLED_STREAMS_MIN - 1) {
+            drop(InUse::begin(act.clone()));
+        }
+        let kicked = tokio::time::timeout(Duration::from_millis(10), act.kick.notified()).await;
+        assert!(
+            kicked.is_err(),
+            "a few cancellations among many answers are normal"
+        );
+        let act = Arc::new(activity(true));
+        for _ in 0..CANCELLED_STREAMS_MIN {
+            drop(InUse::begin(act.clone()));
+        }
+        let kicked = tokio::time::timeout(Duration::from_millis(10), act.kick.notified()).await;
+        assert!(kicked.is_ok());
+        assert_eq!(act.cancelled_metric.get(), CANCELLED_STREAMS_MIN);
     }
 }

@@ -15,23 +15,52 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use super::records::{ServiceRecord, SigningKeyRecord, StoreState};
+use super::records::{ServiceRecord, SigningKeyRecord, SigningRecord, StoreState};
 use crate::files;
 
 pub const STATE_FILE: &str = "state.json";
 const LEGACY_SERVICES: &str = "services.json";
 const LEGACY_KEYS: &str = "token-keys.json";
 /// The file format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
+/// The file as written. With `source` set it is a replica's cache of the shared store (its
+/// secrets then hold sealed blobs, see `store::cache`).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct StateFile {
-    version: u32,
+pub(super) struct StateFile {
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<CacheSource>,
     #[serde(default)]
-    services: BTreeMap<String, ServiceRecord>,
+    pub services: BTreeMap<String, ServiceRecord>,
     #[serde(default)]
-    signing_keys: Vec<SigningKeyRecord>,
+    pub signing: SigningRecord,
+    /// Format 2 kept the signing keys as a bare list.
+    #[serde(default, skip_serializing)]
+    pub signing_keys: Vec<SigningKeyRecord>,
+}
+
+impl StateFile {
+    fn into_state(mut self) -> StoreState {
+        if self.signing.keys.is_empty() && !self.signing_keys.is_empty() {
+            self.signing.keys = std::mem::take(&mut self.signing_keys);
+        }
+        StoreState {
+            services: self.services,
+            signing: self.signing,
+        }
+    }
+}
+
+/// Where a cache came from: the shared store's address (without credentials) and prefix, and
+/// when it was last read in full.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSource {
+    pub url: String,
+    pub prefix: String,
+    pub synced_at: String,
 }
 
 #[derive(Deserialize)]
@@ -78,10 +107,13 @@ impl FileStore {
                     ),
                 });
             }
-            Some(f) => StoreState {
-                services: f.services,
-                signing_keys: f.signing_keys,
-            },
+            Some(f) if f.source.is_some() => {
+                return Err(StoreError::Corrupt {
+                    path: store.path.clone(),
+                    why: "this is a replica's cache of a shared store (it has a \"source\" block), not a file store: use state.store = \"redis\", or move it away".into(),
+                });
+            }
+            Some(f) => f.into_state(),
             None => store.migrate(dir)?,
         };
         Ok((store, state))
@@ -89,6 +121,35 @@ impl FileStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What `scoregate check` says of the store in `dir`, without changing it: the state file
+    /// parses (when there is one) and the folder can be written (or made). Returns a summary
+    /// (how many services and signing keys it holds).
+    pub fn inspect(dir: &Path) -> Result<String, StoreError> {
+        let path = dir.join(STATE_FILE);
+        let summary = match read_json::<StateFile>(&path)? {
+            Some(f) if f.version > FORMAT_VERSION => {
+                return Err(StoreError::Corrupt {
+                    path,
+                    why: format!(
+                        "format version {} is newer than this build's {FORMAT_VERSION}",
+                        f.version
+                    ),
+                });
+            }
+            Some(f) => format!(
+                "{} service(s), {} signing key(s)",
+                f.services.len(),
+                f.signing_keys.len()
+            ),
+            None => "empty (made at start)".into(),
+        };
+        writable(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(summary)
     }
 
     /// Reads the legacy files, if any, into the new format.
@@ -100,7 +161,10 @@ impl FileStore {
         }
         let state = StoreState {
             services: services.map(|s| s.services).unwrap_or_default(),
-            signing_keys: keys.map(|k| k.keys).unwrap_or_default(),
+            signing: SigningRecord {
+                keys: keys.map(|k| k.keys).unwrap_or_default(),
+                ..SigningRecord::default()
+            },
         };
         self.write(&state)?;
         for f in [LEGACY_SERVICES, LEGACY_KEYS] {
@@ -117,8 +181,10 @@ impl FileStore {
     pub fn write(&self, state: &StoreState) -> Result<(), StoreError> {
         let file = StateFile {
             version: FORMAT_VERSION,
+            source: None,
             services: state.services.clone(),
-            signing_keys: state.signing_keys.clone(),
+            signing: state.signing.clone(),
+            signing_keys: Vec::new(),
         };
         let bytes = serde_json::to_vec_pretty(&file).expect("the state serialises");
         files::write_atomically(&self.path, &bytes).map_err(|source| StoreError::Io {
@@ -128,8 +194,30 @@ impl FileStore {
     }
 }
 
+/// Whether files can be written in `dir` (or in the nearest folder above it that exists, which
+/// would hold it): a temp file is made and removed.
+fn writable(dir: &Path) -> io::Result<()> {
+    let mut d = dir;
+    while !d.exists() {
+        d = d.parent().unwrap_or(Path::new("/"));
+    }
+    if !d.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a folder", d.display()),
+        ));
+    }
+    let probe = d.join(format!(".scoregate-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot write in {}: {e}", d.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 /// A JSON file, or `None` when it does not exist.
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StoreError> {
+pub(super) fn read_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+) -> Result<Option<T>, StoreError> {
     match files::read_capped(path, files::MAX_STORE_FILE) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -173,6 +261,7 @@ mod tests {
                 auth: "key".into(),
                 primary_key: Some(Secret::new("a".repeat(43))),
                 secondary_key: Some(Secret::new("b".repeat(43))),
+                applied: Default::default(),
                 primary_preset: None,
                 secondary_preset: None,
             },
@@ -205,7 +294,7 @@ mod tests {
             st.services["iris"].primary_key.as_ref().unwrap().expose(),
             "p"
         );
-        assert_eq!(st.signing_keys[0].kid, "k");
+        assert_eq!(st.signing.keys[0].kid, "k");
         assert!(dir.join(STATE_FILE).exists());
         assert!(!dir.join(LEGACY_SERVICES).exists());
         assert_eq!(FileStore::open(&dir).unwrap().1, st);

@@ -1,15 +1,33 @@
-//! What a config asks of the store, computed without touching it: records for new services, the
-//! presets the contract's "latest action wins" rule applies, keys dropped on a switch of auth
-//! mode, removed services dropped, and a signing key for the configured algorithm. `plan` is
-//! pure apart from the random keys it makes, so a reload can compute it, build everything else
-//! on it, and only then write it (`Store::commit`); a failure anywhere leaves the store as it was.
+//! What a config asks of the store, computed without touching it, one record at a time:
+//! a record for each new service, the presets, auth mode and signing algorithm the config sets,
+//! a signing key for the configured algorithm, and services the config no longer has dropped.
+//! `plan` is pure apart from the random keys it makes, so a reload can compute it, build
+//! everything else on it, and only then write it; a failure anywhere leaves the store as it was.
+//! The shared store re-runs `plan_service` on a record that another replica changed meanwhile.
+//!
+//! The rules (contract §2 "latest action wins", §6 "config-driven writes in a fleet"):
+//! - A config value (a preset key, the auth mode, the token algorithm) is applied only if it was
+//!   never applied before (`records::decide`); an unchanged one keeps whatever the store holds (a
+//!   later `regenerateKeys` wins); one that was applied and since replaced is superseded: the
+//!   store's value stays, with a warning. Removing a preset keeps the stored key.
+//! - Keys never carry over to another auth mode: a switch away from key mode drops them — in a
+//!   fleet, only once no other live replica serves the service in key mode.
+//! - A service the config no longer names is dropped — in a fleet, only once no other live
+//!   replica serves it.
+//! - A new signing key signs from `now + activation_delay` (every replica re-reads within
+//!   `resync`, so its tokens verify everywhere); the key before it signs until then, and keeps
+//!   verifying for a token lifetime after that. On an empty store the first key signs at once.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 
-use super::records::{KeySlot, ServiceRecord, SigningKeyRecord, StoreState};
-use crate::config::{AuthMode, Config, TokenAlgorithm};
+use super::records::{
+    Decision, KeySlot, ServiceRecord, SigningKeyRecord, SigningRecord, StoreState, decide,
+    record_applied,
+};
+use crate::config::{AuthMode, Config, ServiceConfig, TokenAlgorithm, TokensConfig};
 use crate::crypto::{self, Secret};
 
 /// Why a config cannot be applied to the store.
@@ -33,7 +51,7 @@ pub fn rfc3339(now: SystemTime) -> String {
     humantime::format_rfc3339_seconds(now).to_string()
 }
 
-/// SHA-256 in hex: the file store's fingerprint of applied presets.
+/// SHA-256 in hex: the file store's fingerprint of applied config values.
 pub fn sha256_fingerprint(v: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(v.as_bytes())
@@ -42,128 +60,219 @@ pub fn sha256_fingerprint(v: &str) -> String {
         .collect()
 }
 
-/// The store state `config` asks for, starting from `current`. `fingerprint` identifies a
-/// config value without holding it (a preset key is a secret). Retired signing keys are kept
-/// for `config.tokens.lifetime + leeway` (their tokens' lifetime), then dropped.
+/// What a plan needs to know besides the config and the record.
+pub struct PlanCtx<'a> {
+    pub now: SystemTime,
+    /// Identifies a config value without holding it (a preset key is a secret).
+    pub fingerprint: &'a dyn Fn(&str) -> String,
+    /// How long a new signing key waits before it signs (0 for a single replica).
+    pub activation_delay: Duration,
+    /// Whether another live replica serves `service` (in `mode`, or in any mode for `None`).
+    pub others_serve: &'a dyn Fn(&str, Option<AuthMode>) -> bool,
+}
+
+impl PlanCtx<'_> {
+    /// A single replica's context (the file store): nobody else serves anything.
+    pub fn single(now: SystemTime, fingerprint: &dyn Fn(&str) -> String) -> PlanCtx<'_> {
+        PlanCtx {
+            now,
+            fingerprint,
+            activation_delay: Duration::ZERO,
+            others_serve: &|_, _| false,
+        }
+    }
+}
+
+/// The store state `config` asks for, starting from `current`, and the warnings the rules gave.
 pub fn plan(
     current: &StoreState,
     config: &Config,
-    now: SystemTime,
-    fingerprint: &dyn Fn(&str) -> String,
-) -> Result<StoreState, PlanError> {
-    let stamp = rfc3339(now);
-    let mut next = StoreState {
-        services: Default::default(),
-        signing_keys: current.signing_keys.clone(),
-    };
+    ctx: &PlanCtx<'_>,
+) -> Result<(StoreState, Vec<String>), PlanError> {
+    let mut warnings = Vec::new();
+    let mut services = BTreeMap::new();
     for svc in &config.services {
         let old = current.services.get(&svc.name);
-        let mut rec = match old {
-            Some(r) => r.clone(),
-            None => ServiceRecord {
-                id: uuid::Uuid::new_v4().to_string(),
-                created_at: stamp.clone(),
-                updated_at: stamp.clone(),
-                revision: 0,
-                auth: svc.auth.as_str().into(),
-                primary_key: None,
-                secondary_key: None,
-                primary_preset: None,
-                secondary_preset: None,
-            },
+        let (next, w) = plan_service(old, svc, ctx)?;
+        warnings.extend(w);
+        match next.or_else(|| old.cloned()) {
+            Some(rec) => services.insert(svc.name.clone(), rec),
+            None => None,
         };
-        if rec.auth != svc.auth.as_str() {
-            // Keys never carry over from another auth mode: switching back to key mode must not
-            // bring old, possibly leaked, keys back to life.
-            rec.primary_key = None;
-            rec.secondary_key = None;
-            rec.primary_preset = None;
-            rec.secondary_preset = None;
-            rec.auth = svc.auth.as_str().into();
+    }
+    for (name, rec) in &current.services {
+        if config.service(name).is_none() && (ctx.others_serve)(name, None) {
+            // Another replica still serves it (a rollout in progress): keep it for them.
+            services.insert(name.clone(), rec.clone());
         }
-        if svc.auth == AuthMode::Key {
-            for (slot, preset) in [
-                (KeySlot::Primary, &svc.primary_key),
-                (KeySlot::Secondary, &svc.secondary_key),
-            ] {
-                apply_preset(&mut rec, slot, preset.as_ref(), fingerprint);
-                let key = rec.key_mut(slot);
-                if key.is_none() {
-                    *key = Some(Secret::new(crypto::generate_key()));
+    }
+    let (signing, w) = plan_signing(&current.signing, &config.tokens, ctx)?;
+    warnings.extend(w);
+    Ok((
+        StoreState {
+            services,
+            signing: signing.unwrap_or_else(|| current.signing.clone()),
+        },
+        warnings,
+    ))
+}
+
+/// One service's record as its config asks (`None`: unchanged), and warnings.
+pub fn plan_service(
+    current: Option<&ServiceRecord>,
+    svc: &ServiceConfig,
+    ctx: &PlanCtx<'_>,
+) -> Result<(Option<ServiceRecord>, Vec<String>), PlanError> {
+    let stamp = rfc3339(ctx.now);
+    let mut warnings = Vec::new();
+    let mut rec = match current {
+        Some(r) => r.clone(),
+        None => ServiceRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            created_at: stamp.clone(),
+            updated_at: stamp.clone(),
+            revision: 0,
+            auth: svc.auth.as_str().into(),
+            primary_key: None,
+            secondary_key: None,
+            applied: BTreeMap::new(),
+            primary_preset: None,
+            secondary_preset: None,
+        },
+    };
+    // Earlier versions kept the preset fingerprints in fields of their own.
+    for (field, old) in [
+        ("primary_key", rec.primary_preset.take()),
+        ("secondary_key", rec.secondary_preset.take()),
+    ] {
+        if let Some(fp) = old
+            && !rec.applied.contains_key(field)
+        {
+            record_applied(&mut rec.applied, field, fp);
+        }
+    }
+    if !rec.applied.contains_key("auth") && !rec.auth.is_empty() {
+        let mode = rec.auth.clone();
+        record_applied(&mut rec.applied, "auth", mode);
+    }
+    match decide(&rec.applied, "auth", svc.auth.as_str()) {
+        Decision::Keep => {}
+        Decision::Apply => {
+            if rec.auth != svc.auth.as_str() && !(ctx.others_serve)(&svc.name, Some(AuthMode::Key))
+            {
+                // Keys never carry over from another auth mode: switching back to key mode must
+                // not bring old, possibly leaked, keys back to life.
+                rec.primary_key = None;
+                rec.secondary_key = None;
+                rec.applied.remove("primary_key");
+                rec.applied.remove("secondary_key");
+            }
+            rec.auth = svc.auth.as_str().into();
+            record_applied(&mut rec.applied, "auth", svc.auth.as_str().into());
+        }
+        Decision::Superseded => warnings.push(format!(
+            "service {:?}: auth = {:?} was replaced by {:?} in the shared store; keeping the store's (another replica has a newer config)",
+            svc.name,
+            svc.auth.as_str(),
+            rec.auth
+        )),
+    }
+    if svc.auth == AuthMode::Key {
+        for (slot, preset) in [
+            (KeySlot::Primary, &svc.primary_key),
+            (KeySlot::Secondary, &svc.secondary_key),
+        ] {
+            let field = match slot {
+                KeySlot::Primary => "primary_key",
+                KeySlot::Secondary => "secondary_key",
+            };
+            if let Some(p) = preset {
+                let fp = (ctx.fingerprint)(p.expose());
+                match decide(&rec.applied, field, &fp) {
+                    Decision::Keep => {}
+                    Decision::Apply => {
+                        *rec.key_mut(slot) = Some(p.clone());
+                        record_applied(&mut rec.applied, field, fp);
+                    }
+                    Decision::Superseded => warnings.push(format!(
+                        "service {:?}: the {field} preset was replaced in the shared store since (a regeneration, or a newer config); keeping the store's key",
+                        svc.name
+                    )),
                 }
             }
-            if rec.primary_key == rec.secondary_key {
-                return Err(PlanError::KeysEqual(svc.name.clone()));
+            let key = rec.key_mut(slot);
+            if key.is_none() {
+                *key = Some(Secret::new(crypto::generate_key()));
             }
         }
-        if let Some(o) = old
-            && *o != rec
-        {
-            rec.updated_at = stamp.clone();
+        if rec.primary_key == rec.secondary_key {
+            return Err(PlanError::KeysEqual(svc.name.clone()));
+        }
+    }
+    match current {
+        Some(o) if *o == rec => Ok((None, warnings)),
+        Some(o) => {
+            rec.updated_at = stamp;
             rec.revision = o.revision + 1;
+            Ok((Some(rec), warnings))
         }
-        next.services.insert(svc.name.clone(), rec);
-    }
-    ensure_signing_key(
-        &mut next,
-        config.tokens.algorithm,
-        config.tokens.lifetime + config.tokens.leeway,
-        unix_now(now),
-    )?;
-    Ok(next)
-}
-
-/// Applies the preset rule to one key: a preset that differs from the one last applied replaces
-/// the stored key; an unchanged preset keeps whatever is stored (a later regeneration wins); no
-/// preset keeps the stored key.
-fn apply_preset(
-    rec: &mut ServiceRecord,
-    slot: KeySlot,
-    preset: Option<&Secret>,
-    fingerprint: &dyn Fn(&str) -> String,
-) {
-    let applied = match slot {
-        KeySlot::Primary => &mut rec.primary_preset,
-        KeySlot::Secondary => &mut rec.secondary_preset,
-    };
-    match preset {
-        Some(p) => {
-            let f = fingerprint(p.expose());
-            if applied.as_deref() != Some(f.as_str()) {
-                *applied = Some(f);
-                *rec.key_mut(slot) = Some(p.clone());
-            }
+        None => {
+            rec.revision = 1;
+            Ok((Some(rec), warnings))
         }
-        None => *applied = None,
     }
 }
 
-/// Makes `alg` the signing algorithm: a new key (new `kid`) when the current one differs, the
-/// old one retired; retired keys older than `keep_for` dropped.
-fn ensure_signing_key(
-    state: &mut StoreState,
-    alg: TokenAlgorithm,
-    keep_for: Duration,
-    now: u64,
-) -> Result<(), PlanError> {
-    let current_ok = state
-        .signing_keys
+/// The signing keys as the token settings ask (`None`: unchanged), and warnings. Retired keys
+/// are kept for `lifetime + leeway` after they stopped signing, then dropped.
+pub fn plan_signing(
+    current: &SigningRecord,
+    tokens: &TokensConfig,
+    ctx: &PlanCtx<'_>,
+) -> Result<(Option<SigningRecord>, Vec<String>), PlanError> {
+    let now = unix_now(ctx.now);
+    let alg = tokens.algorithm;
+    let keep_for = (tokens.lifetime + tokens.leeway).as_secs();
+    let mut warnings = Vec::new();
+    let mut next = current.clone();
+    if !next.applied.contains_key("algorithm")
+        && let Some(k) = next.keys.iter().rev().find(|k| k.retired.is_none())
+    {
+        let alg = k.alg.clone();
+        record_applied(&mut next.applied, "algorithm", alg);
+    }
+    let has_key = next
+        .keys
         .iter()
         .any(|k| k.retired.is_none() && k.alg == alg.as_str());
-    if !current_ok {
-        for k in state
-            .signing_keys
-            .iter_mut()
-            .filter(|k| k.retired.is_none())
-        {
-            k.retired = Some(now);
+    match decide(&next.applied, "algorithm", alg.as_str()) {
+        Decision::Keep if has_key => {}
+        Decision::Keep | Decision::Apply => {
+            let signs_from = if next.keys.is_empty() {
+                now
+            } else {
+                now + ctx.activation_delay.as_secs()
+            };
+            for k in next.keys.iter_mut().filter(|k| k.retired.is_none()) {
+                k.retired = Some(signs_from);
+            }
+            let mut key = generate_signing_key(alg, now)?;
+            key.signs_from = (signs_from != now).then_some(signs_from);
+            next.keys.push(key);
+            record_applied(&mut next.applied, "algorithm", alg.as_str().into());
         }
-        state.signing_keys.push(generate_signing_key(alg, now)?);
+        Decision::Superseded => warnings.push(format!(
+            "tokens.algorithm = {:?} was replaced in the shared store since; signing with the store's key (another replica has a newer config)",
+            alg.as_str()
+        )),
     }
-    state
-        .signing_keys
-        .retain(|k| k.retired.is_none_or(|r| r + keep_for.as_secs() >= now));
-    Ok(())
+    next.keys
+        .retain(|k| k.retired.is_none_or(|r| r + keep_for >= now));
+    if next == *current {
+        return Ok((None, warnings));
+    }
+    next.revision = current.revision + 1;
+    Ok((Some(next), warnings))
 }
 
 /// A new signing key for `alg`: ES256 and RS256 key pairs in PEM, HS256 a 32-byte secret. RSA
@@ -197,6 +306,7 @@ pub fn generate_signing_key(alg: TokenAlgorithm, now: u64) -> Result<SigningKeyR
         kid,
         alg: alg.as_str().into(),
         created: now,
+        signs_from: None,
         retired: None,
         private: Secret::new(private),
         public,
@@ -229,7 +339,6 @@ pub fn regenerate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServiceConfig;
     use std::path::PathBuf;
 
     fn config(services: Vec<ServiceConfig>) -> Config {
@@ -247,8 +356,14 @@ mod tests {
         ServiceConfig::new(name, auth, vec!["http://127.0.0.1:1".parse().unwrap()])
     }
 
+    fn plan_at(cur: &StoreState, c: &Config, now: SystemTime) -> StoreState {
+        plan(cur, c, &PlanCtx::single(now, &sha256_fingerprint))
+            .unwrap()
+            .0
+    }
+
     fn plan_now(cur: &StoreState, c: &Config) -> StoreState {
-        plan(cur, c, SystemTime::now(), &sha256_fingerprint).unwrap()
+        plan_at(cur, c, SystemTime::now())
     }
 
     #[test]
@@ -261,8 +376,9 @@ mod tests {
         let iris = &first.services["iris"];
         assert_eq!(iris.primary_key.as_ref().unwrap().expose().len(), 43);
         assert_ne!(iris.primary_key, iris.secondary_key);
+        assert_eq!(iris.revision, 1);
         assert!(first.services["open"].primary_key.is_none());
-        assert_eq!(first.signing_keys.len(), 1);
+        assert_eq!(first.signing.keys.len(), 1);
         // Planning again from the result changes nothing.
         assert_eq!(plan_now(&first, &c), first);
     }
@@ -294,14 +410,26 @@ mod tests {
         assert_eq!(st4.services["iris"].primary_key.as_ref(), Some(&preset2));
         assert!(st4.services["iris"].revision > st3.services["iris"].revision);
         // Removing the preset keeps the stored key; removing the service drops it.
-        s.primary_key = None;
-        let st5 = plan_now(&st4, &config(vec![s]));
+        let mut without = s.clone();
+        without.primary_key = None;
+        let st5 = plan_now(&st4, &config(vec![without]));
         assert_eq!(st5.services["iris"].primary_key.as_ref(), Some(&preset2));
         assert!(plan_now(&st5, &config(vec![])).services.is_empty());
+        // A replica still on the first config (preset 1, since superseded) does not undo it.
+        let mut old = s.clone();
+        old.primary_key = Some(preset.clone());
+        let (st6, warnings) = plan(
+            &st4,
+            &config(vec![old]),
+            &PlanCtx::single(SystemTime::now(), &sha256_fingerprint),
+        )
+        .unwrap();
+        assert_eq!(st6.services["iris"].primary_key.as_ref(), Some(&preset2));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
     }
 
     #[test]
-    fn a_mode_switch_drops_keys_for_good() {
+    fn a_mode_switch_drops_keys_for_good_unless_another_replica_still_uses_them() {
         let st = plan_now(
             &StoreState::default(),
             &config(vec![svc("iris", AuthMode::Key)]),
@@ -310,24 +438,75 @@ mod tests {
         let tok = plan_now(&st, &config(vec![svc("iris", AuthMode::Token)]));
         assert!(tok.services["iris"].primary_key.is_none());
         let back = plan_now(&tok, &config(vec![svc("iris", AuthMode::Key)]));
+        assert!(back.services["iris"].primary_key.is_some());
         assert_ne!(back.services["iris"].primary_key, old);
         assert_eq!(back.services["iris"].id, st.services["iris"].id);
+        // With a replica still serving key mode, the keys stay.
+        let ctx = PlanCtx {
+            now: SystemTime::now(),
+            fingerprint: &sha256_fingerprint,
+            activation_delay: Duration::ZERO,
+            others_serve: &|_, m| m == Some(AuthMode::Key),
+        };
+        let (fleet, _) = plan(&st, &config(vec![svc("iris", AuthMode::Token)]), &ctx).unwrap();
+        assert_eq!(fleet.services["iris"].auth, "token");
+        assert_eq!(fleet.services["iris"].primary_key, old);
     }
 
     #[test]
-    fn an_algorithm_change_retires_the_old_key_and_drops_it_after_its_tokens() {
+    fn a_service_another_replica_serves_is_not_dropped() {
+        let st = plan_now(
+            &StoreState::default(),
+            &config(vec![svc("iris", AuthMode::Key)]),
+        );
+        let ctx = PlanCtx {
+            now: SystemTime::now(),
+            fingerprint: &sha256_fingerprint,
+            activation_delay: Duration::ZERO,
+            others_serve: &|name, _| name == "iris",
+        };
+        let (kept, _) = plan(&st, &config(vec![]), &ctx).unwrap();
+        assert_eq!(kept.services["iris"], st.services["iris"]);
+    }
+
+    #[test]
+    fn a_new_signing_key_waits_for_the_fleet_and_the_old_one_is_dropped_after_its_tokens() {
         let mut c = config(vec![]);
-        let st = plan_now(&StoreState::default(), &c);
-        let old_kid = st.signing_keys[0].kid.clone();
+        let now = SystemTime::now();
+        let st = plan_at(&StoreState::default(), &c, now);
+        let first = st.signing.keys[0].clone();
+        assert_eq!(
+            st.signing.signing_key(unix_now(now)).unwrap().kid,
+            first.kid
+        );
         c.tokens.algorithm = TokenAlgorithm::HS256;
-        let st2 = plan_now(&st, &c);
-        assert_eq!(st2.signing_keys.len(), 2);
-        assert!(st2.signing_keys[0].retired.is_some());
-        assert_ne!(st2.signing_key().unwrap().kid, old_kid);
-        let later =
-            SystemTime::now() + c.tokens.lifetime + c.tokens.leeway + Duration::from_secs(5);
-        let st3 = plan(&st2, &c, later, &sha256_fingerprint).unwrap();
-        assert_eq!(st3.signing_keys.len(), 1);
+        let ctx = PlanCtx {
+            now,
+            fingerprint: &sha256_fingerprint,
+            activation_delay: Duration::from_secs(30),
+            others_serve: &|_, _| false,
+        };
+        let (st2, _) = plan(&st, &c, &ctx).unwrap();
+        assert_eq!(st2.signing.keys.len(), 2);
+        let t = unix_now(now);
+        assert_eq!(
+            st2.signing.signing_key(t).unwrap().kid,
+            first.kid,
+            "the old key signs until the new one is known everywhere"
+        );
+        assert_ne!(st2.signing.signing_key(t + 30).unwrap().kid, first.kid);
+        let later = now
+            + Duration::from_secs(30)
+            + c.tokens.lifetime
+            + c.tokens.leeway
+            + Duration::from_secs(5);
+        let st3 = plan_at(&st2, &c, later);
+        assert_eq!(st3.signing.keys.len(), 1);
+        // A replica still configured with the first algorithm does not undo the change.
+        c.tokens.algorithm = TokenAlgorithm::ES256;
+        let (st4, w) = plan(&st3, &c, &PlanCtx::single(later, &sha256_fingerprint)).unwrap();
+        assert_eq!(st4, st3);
+        assert_eq!(w.len(), 1);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 // Tests read fixture files and time real sockets with the wall clock.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod fleet;
 pub mod metrics;
+pub mod redis;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -622,5 +624,127 @@ pub async fn admin_request(
         headers: r.headers,
         body: r.body,
         version: http::Version::HTTP_11,
+    }
+}
+
+// ---------------------------------------------------------------- backends that misbehave
+
+/// A backend that hands each TCP connection it accepts to `serve`: raw bytes, for servers that
+/// misbehave in ways hyper would not (endless 1xx, a head and then silence, a slow trickle).
+/// Dropping it stops accepting and closes every connection it accepted.
+pub struct TcpBackend {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpBackend {
+    pub async fn start<F, Fut>(serve: F) -> TcpBackend
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = l.accept().await else {
+                    continue;
+                };
+                while conns.try_join_next().is_some() {}
+                conns.spawn(serve(tcp));
+            }
+        });
+        TcpBackend { addr, task }
+    }
+
+    /// An HTTP/1.1 backend whose every request is answered by `handle`, which decides when to
+    /// answer and how the body streams.
+    pub async fn hyper<F, Fut, B>(handle: F) -> TcpBackend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let handle = Arc::new(handle);
+        Self::start(move |tcp| {
+            let handle = handle.clone();
+            async move {
+                let svc = service_fn(move |req| {
+                    let fut = handle(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            }
+        })
+        .await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TcpBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one HTTP/1.1 request (head, then a `Content-Length` or chunked body) from a raw
+/// backend connection. `false` when the peer closed or broke the connection first.
+pub async fn read_request(s: &mut TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head_len, head) = loop {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break (
+                end + 4,
+                String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase(),
+            );
+        }
+    };
+    let chunked = head
+        .lines()
+        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse::<usize>().unwrap_or(0));
+    let done = |b: &[u8]| {
+        let body = &b[head_len..];
+        if chunked {
+            body.ends_with(b"0\r\n\r\n")
+        } else {
+            body.len() >= length
+        }
+    };
+    while !done(&buf) {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
+/// Polls `cond` every 20 ms until it holds; fails the test after `within`.
+pub async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

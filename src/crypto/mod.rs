@@ -2,6 +2,8 @@
 //! provider"), random bytes from it, and `Secret`, the type that holds key material so that it
 //! never reaches a log through `Debug`.
 
+pub mod seal;
+
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 

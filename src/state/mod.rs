@@ -6,11 +6,15 @@
 //! Changing the state goes in two steps: `build` makes everything a new state needs off to the
 //! side and may fail without a trace; `publish` puts a built state in force and cannot fail.
 //! Reload (`reload`) and the admin API's writes persist to the store between the two.
+//! `store_sync` starts the state from the store, keeps it in step with a shared store (changes
+//! other replicas make, data loss, outages) and makes the admin API's writes.
+
+mod backend_metrics;
+mod store_sync;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
@@ -21,7 +25,6 @@ use crate::auth::signer::{Signer, SignerError, SigningSet};
 use crate::auth::tokens::ServiceTokens;
 use crate::client::{AddressPolicy, Trust};
 use crate::config::{AuthMode, Config, ConfigError, JwksSource, ServiceConfig};
-use crate::crypto::Secret;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::proxy::upstream::{Backend, ProbeSettings, Upstream};
 use crate::proxy::{ForwardSettings, health};
@@ -40,6 +43,8 @@ pub struct Service {
     pub upstream: Upstream,
     pub forward: ForwardSettings,
     pub metrics: ServiceMetrics,
+    /// `[[service.rate_limit]]`: the policies and the buckets behind them.
+    pub limits: crate::limit::ServiceLimits,
 }
 
 /// Everything a request needs, immutable once built. A reload builds a new one and swaps it in.
@@ -107,6 +112,7 @@ pub struct Built {
     /// Backends with the probe settings the new snapshot gives them; `true` for new ones.
     backends: Vec<(Arc<Backend>, ProbeSettings, bool)>,
     new_issuers: Vec<Arc<TrustedIssuer>>,
+    limits: crate::limit::Pending,
 }
 
 /// What a failed admin write reports.
@@ -136,10 +142,19 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Runtime state of backends by URL, shared by every snapshot that names them.
     backends: Mutex<HashMap<String, Weak<Backend>>>,
+    /// Rate-limit buckets by policy, shared by every snapshot that keeps the policy.
+    pub limits: crate::limit::Registry,
     /// Serialises everything that writes the store: reloads and admin writes.
     pub writes: tokio::sync::Mutex<()>,
     /// False until started, and again while draining (`/readyz`).
     pub ready: AtomicBool,
+    /// False while a shared store refuses this replica (a newer format, a sealing key it does
+    /// not hold): not ready, and nothing is written.
+    store_ready: AtomicBool,
+    /// When a shared store was last read in full (`max_staleness`).
+    last_sync: Mutex<Option<tokio::time::Instant>>,
+    /// When this process started (the registry).
+    started_at: String,
     /// Requests in flight across all services (global cap, drain).
     pub in_flight: AtomicUsize,
     /// Where reloads read the config from (`None`: built in code, nothing to reload).
@@ -149,61 +164,6 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Opens the store, loads certificates and JWKS files (off the runtime), applies the config
-    /// to the store, and builds and publishes the first snapshot.
-    pub async fn start(config: Config) -> Result<Arc<Shared>, BuildError> {
-        let cfg = config.clone();
-        let (store, state, certs, issuers) = tokio::task::spawn_blocking(move || {
-            let (store, state) = Store::open(&cfg)?;
-            let certs = crate::tls::load_all(&cfg.tls)?;
-            let issuers = load_issuers(&[], &cfg)?;
-            Ok::<_, BuildError>((store, state, certs, issuers))
-        })
-        .await
-        .expect("start-up loading does not panic")?;
-        let store = Arc::new(store);
-        let planned = {
-            let (st, c, s) = (state.clone(), config.clone(), store.clone());
-            tokio::task::spawn_blocking(move || {
-                crate::store::plan::plan(&st, &c, SystemTime::now(), &|v| s.fingerprint(v))
-            })
-            .await
-            .expect("planning does not panic")?
-        };
-        let metrics = Metrics::new();
-        publish_cert_metrics(&metrics, &certs);
-        let certs = Arc::new(SniResolver::new(certs));
-        let tls_config = crate::tls::server_config(certs.clone());
-        let shared = Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot {
-                config: Arc::new(config.clone()),
-                services: HashMap::new(),
-                listener_policy: AddressPolicy::default(),
-                trust: Trust::default(),
-                issuers: vec![],
-            }),
-            certs,
-            tls_config,
-            store,
-            state: Mutex::new(state.clone()),
-            keyring: Mutex::default(),
-            signer: Arc::new(Signer::new(SigningSet::build(&planned.signing_keys)?)),
-            metrics,
-            backends: Mutex::new(HashMap::new()),
-            writes: tokio::sync::Mutex::new(()),
-            ready: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
-            config_path: config.file.clone(),
-            bound: std::sync::OnceLock::new(),
-        };
-        let built = shared.build(config, planned, issuers)?;
-        if built.state != state {
-            shared.store.commit(&built.state).await?;
-        }
-        shared.publish(built);
-        Ok(Arc::new(shared))
-    }
-
     /// The snapshot in force. Cheap: one atomic load and a reference count.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
@@ -236,7 +196,7 @@ impl Shared {
         state: StoreState,
         issuers: Vec<Arc<TrustedIssuer>>,
     ) -> Result<Built, BuildError> {
-        let signing = SigningSet::build(&state.signing_keys)?;
+        let signing = SigningSet::build(&state.signing.keys)?;
         let old_issuers = self.snapshot.load().issuers.clone();
         let new_issuers = issuers
             .iter()
@@ -248,25 +208,37 @@ impl Shared {
         let mut keys = BTreeMap::new();
         let mut backends: Vec<(Arc<Backend>, ProbeSettings, bool)> = Vec::new();
         let mut services = HashMap::with_capacity(config.services.len());
+        let mut limits = crate::limit::Pending::default();
         for sc in &config.services {
             let auth = match sc.auth {
                 AuthMode::None => ServiceAuth::None,
                 AuthMode::Key => {
                     let rec = state.services.get(&sc.name);
-                    let pair = rec
-                        .and_then(|r| {
-                            Some(KeyPair {
-                                primary: r.key(KeySlot::Primary)?.clone(),
-                                secondary: r.key(KeySlot::Secondary)?.clone(),
-                            })
+                    let pair = rec.and_then(|r| {
+                        Some(KeyPair {
+                            primary: r.key(KeySlot::Primary)?.clone(),
+                            secondary: r.key(KeySlot::Secondary)?.clone(),
                         })
-                        .ok_or_else(|| BuildError::MissingKeys(sc.name.clone()))?;
-                    let cell = keyring
-                        .get(&sc.name)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(ArcSwap::from_pointee(pair.clone())));
-                    keys.insert(sc.name.clone(), (cell.clone(), pair));
-                    ServiceAuth::Key(cell)
+                    });
+                    match pair {
+                        Some(pair) => {
+                            let cell = keyring
+                                .get(&sc.name)
+                                .cloned()
+                                .unwrap_or_else(|| Arc::new(ArcSwap::from_pointee(pair.clone())));
+                            keys.insert(sc.name.clone(), (cell.clone(), pair));
+                            ServiceAuth::Key(cell)
+                        }
+                        // Started from a cache that does not know the service: 503 until the
+                        // shared store answers.
+                        None if self.store.redis().is_some() => ServiceAuth::Unavailable,
+                        None => return Err(BuildError::MissingKeys(sc.name.clone())),
+                    }
+                }
+                AuthMode::Token
+                    if self.store.redis().is_some() && state.signing.keys.is_empty() =>
+                {
+                    ServiceAuth::Unavailable
                 }
                 AuthMode::Token => {
                     let accepted = issuers
@@ -316,6 +288,7 @@ impl Shared {
                     max_body: sc.max_body,
                     limit: sc.max_concurrent_requests_per_backend,
                     max_wait: sc.max_request_wait_time,
+                    body_idle: config.limits.body_idle_timeout,
                 },
                 config: sc.clone(),
                 auth,
@@ -325,6 +298,7 @@ impl Shared {
                 },
                 upstream: Upstream::new(ups, sc.backend_protocol),
                 metrics: self.metrics.for_service(&sc.name, &[DEFAULT_DEPLOYMENT]),
+                limits: self.limits.build(sc, &mut limits),
             };
             services.insert(sc.name.clone(), Arc::new(svc));
         }
@@ -347,6 +321,7 @@ impl Shared {
             signing,
             backends,
             new_issuers,
+            limits,
         })
     }
 
@@ -360,6 +335,7 @@ impl Shared {
             signing,
             backends,
             new_issuers,
+            limits,
         } = built;
         {
             let mut ring = BTreeMap::new();
@@ -386,46 +362,9 @@ impl Shared {
         for i in &new_issuers {
             i.start_refresh();
         }
+        self.limits.publish(limits);
         *self.state.lock().unwrap() = state;
         self.snapshot.store(Arc::new(snapshot));
-    }
-
-    /// `regenerateKeys`: replaces one key of a key-mode service (with `value`, or a random key),
-    /// persists it, then puts it in force. On any error nothing changes.
-    pub async fn regenerate_key(
-        &self,
-        name: &str,
-        slot: KeySlot,
-        value: Option<Secret>,
-    ) -> Result<KeyPair, WriteError> {
-        let _w = self.writes.lock().await;
-        let cell = self.keyring.lock().unwrap().get(name).cloned();
-        let rec = self.record(name);
-        let (Some(cell), Some(rec)) = (cell, rec) else {
-            return Err(if self.record(name).is_some() {
-                WriteError::NotKeyMode(name.into())
-            } else {
-                WriteError::UnknownService(name.into())
-            });
-        };
-        let next_rec = crate::store::plan::regenerate(&rec, slot, value, SystemTime::now())
-            .map_err(WriteError::Invalid)?;
-        let mut next = self.state();
-        next.services.insert(name.into(), next_rec.clone());
-        self.store.commit(&next).await?;
-        let pair = KeyPair {
-            primary: next_rec
-                .primary_key
-                .clone()
-                .expect("a key-mode record has keys"),
-            secondary: next_rec
-                .secondary_key
-                .clone()
-                .expect("a key-mode record has keys"),
-        };
-        *self.state.lock().unwrap() = next;
-        cell.store(Arc::new(pair.clone()));
-        Ok(pair)
     }
 }
 

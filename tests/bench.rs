@@ -1,0 +1,107 @@
+//! `scoregate bench` drives its built-in gateway: with the file store, and with `--store` against
+//! a real redis-server, whose keys it removes afterwards.
+// Integration tests time real processes with the wall clock.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::process::Command;
+
+use scoregate_testkit::redis::Redis;
+
+/// Runs a short keep-alive bench and returns its JSON report.
+fn bench(extra: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_scoregate"))
+        .args([
+            "bench",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--connections",
+            "4",
+            "--gateway-threads",
+            "1",
+            "--quiet",
+            "--json",
+        ])
+        .args(extra)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn assert_served(r: &serde_json::Value) {
+    assert_eq!(r["errors"]["total"], 0, "{r}");
+    assert!(r["requests"].as_u64().unwrap() > 50, "{r}");
+    assert!(r["gateway_cpu_us_per_req"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["notes"], serde_json::json!([]), "{r}");
+}
+
+#[test]
+fn bench_drives_its_built_in_gateway_with_the_file_store() {
+    for auth in ["key", "token"] {
+        let r = bench(&["--auth", auth]);
+        assert_served(&r);
+        assert_eq!(r["auth"], auth);
+        assert!(
+            r["gateway"].as_str().unwrap().ends_with("file store"),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn bench_store_runs_against_redis_and_leaves_no_key_behind() {
+    let redis = Redis::start();
+    let commands = || -> u64 {
+        let info = redis.cli(&["INFO", "stats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .expect("INFO stats has total_commands_processed")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    for auth in ["key", "token"] {
+        let before = commands();
+        let r = bench(&["--auth", auth, "--store", &redis.url()]);
+        assert_served(&r);
+        assert!(
+            r["gateway"].as_str().unwrap().ends_with("redis store"),
+            "{r}"
+        );
+        // The gateway kept its state there (the writes, reads and heartbeats of a start), and
+        // the bench deleted its throwaway prefix afterwards.
+        assert!(commands() > before + 10, "the gateway did not use Redis");
+        assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0", "keys left behind");
+    }
+}
+
+#[test]
+fn bench_store_refuses_a_running_gateway_and_a_bad_url() {
+    let out = Command::new(env!("CARGO_BIN_EXE_scoregate"))
+        .args([
+            "bench",
+            "--target",
+            "https://127.0.0.1:9/api/v1/service/iris/score",
+            "--store",
+            "redis://127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--store configures the built-in"));
+    let out = Command::new(env!("CARGO_BIN_EXE_scoregate"))
+        .args(["bench", "--store", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--store") && err.contains("redis://"), "{err}");
+}
