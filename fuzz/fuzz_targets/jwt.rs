@@ -19,5 +19,5 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     // A refused token is never cached, so the cached path gives the same answer.
-    assert_eq!(tokens.verify(data), uncached);
+    assert_eq!(tokens.verify(data).map(|_| ()), uncached);
 });
