@@ -52,10 +52,10 @@ fn benches(c: &mut Criterion) {
         primary: Secret::new(scoregate::crypto::generate_key()),
         secondary: Secret::new(scoregate::crypto::generate_key()),
     };
-    let auth = ServiceAuth::Key(Arc::new(arc_swap::ArcSwap::from_pointee(keys.clone())));
+    let auth = ServiceAuth::Key(Arc::new(scoregate::auth::keys::KeyCell::new(keys.clone())));
     let good = client_headers(&format!("Bearer {}", keys.secondary.expose()));
     c.bench_function(
-        "auth/key check (bearer parse + 2 constant-time compares)",
+        "auth/key check (bearer parse + 2 constant-time compares + usage count)",
         |b| b.iter(|| auth.authenticate(black_box(&good)).unwrap()),
     );
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Checks the Docker kit offline (deploy/docker; no Docker engine needed): compose.yml parses and
 # keeps the model private, scoregate.toml reaches the model by its service name, the config is
-# mounted where the image's SCOREGATE_CONFIG points, and the image has its HEALTHCHECK
-# (deploy/docker/test_compose.py). Needs python3 with PyYAML (Debian: python3-yaml). The
-# config itself is parsed by the gateway's own parser in `cargo test --test operator`.
+# mounted where the image's SCOREGATE_CONFIG points, the image has its HEALTHCHECK, what the
+# images COPY is in the build context, and every file the README's Docker section names exists
+# (deploy/docker/test_compose.py). Needs python3 with PyYAML (Debian: python3-yaml, installed
+# here when missing). The config itself is parsed by the gateway's own parser in
+# `cargo test --test operator`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

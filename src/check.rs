@@ -89,7 +89,16 @@ pub fn run(path: &Path, strict: bool) -> anyhow::Result<()> {
                 c.cname
             ));
         } else if c.not_after.duration_since(now).unwrap_or_default() < EXPIRY_WARNING {
-            warnings.push(format!("certificate for {} expires in {left}", c.cname));
+            let days = c
+                .not_after
+                .duration_since(now)
+                .unwrap_or_default()
+                .as_secs()
+                / 86_400;
+            warnings.push(format!(
+                "certificate for {} expires in {days} days: renew it (README, \"Using a real certificate\")",
+                c.cname
+            ));
         }
         println!(
             "cert     {}  SANs {:?}  expires {} ({left})  chain of {}\n           cert {}\n           key  {}",

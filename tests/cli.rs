@@ -164,6 +164,57 @@ fn check_counts_warnings_and_strict_fails_on_them() {
     assert!(err.contains("has expired"), "{err}");
     let (ok, _, err) = run(bin().args(["check", "--strict", "--config"]).arg(&path));
     assert!(!ok && err.contains("--strict"), "{err}");
+
+    // Valid, but for less than 30 days more: a warning too, with the days left.
+    let soon = pki.ca.leaf(
+        &["scoring.example.test"],
+        &LeafOptions {
+            valid_for: Some(std::time::Duration::from_secs(10 * 86_400)),
+            ..Default::default()
+        },
+    );
+    std::fs::write(dir.join("certs/fullchain.pem"), &soon.chain_pem).unwrap();
+    std::fs::write(dir.join("certs/key.pem"), &soon.key_pem).unwrap();
+    let (ok, out, err) = check(&path);
+    assert!(ok, "{out}{err}");
+    assert!(out.trim_end().ends_with("ok, 1 warning"), "{out}");
+    assert!(err.contains("expires in 9 days: renew it"), "{err}");
+}
+
+/// Every unknown key in one run, each with its line and the known key it was probably meant
+/// to be; the summary counts them with the other problems.
+#[test]
+fn check_reports_every_unknown_key_with_a_suggestion() {
+    let pki = Pki::new();
+    let (_dir, path, text) = fixture(&pki);
+    let bad = text
+        .replace("[listen]\n", "[listen]\nadress = \"127.0.0.1:8443\"\n")
+        .replace(
+            "scoring_timeout = \"30s\"",
+            "scoring_timout = \"30s\"\nmax-body = \"1MiB\"",
+        )
+        .replace("[state]\n", "[state]\ndirectory = \"x\"\n")
+        + "\n[limits]\nmax_conections = 5\n";
+    std::fs::write(&path, &bad).unwrap();
+    let (ok, out, err) = check(&path);
+    assert!(!ok, "{out}");
+    assert!(err.contains("5 problems"), "{err}");
+    for needle in [
+        "listen.adress: unknown key (line 3); did you mean `address`?",
+        "state.directory: unknown key",
+        "service[0].scoring_timout: unknown key",
+        "did you mean `scoring_timeout`?",
+        "service[0].max-body: unknown key",
+        "did you mean `max_body`?",
+        "limits.max_conections: unknown key",
+        "did you mean `max_connections`?",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in: {err}");
+    }
+    // In file order.
+    let at = |n: &str| err.find(n).unwrap();
+    assert!(at("listen.adress") < at("state.directory"));
+    assert!(at("service[0].max-body") < at("limits.max_conections"));
 }
 
 #[test]

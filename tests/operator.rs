@@ -498,6 +498,135 @@ async fn invoke_sends_the_deployment_header_and_the_key() {
     assert_eq!(body, BODY.as_bytes());
 }
 
+// ---------------------------------------------------------------- key usage
+
+/// Per key: the requests authenticated with it and when it was last used (`listKeys?usage=true`,
+/// `keys list`), written to the state dir in batches while serving and after the drain, kept
+/// across a restart; a key that is replaced starts from zero, and the other keeps its count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_usage_is_counted_per_key_and_survives_a_restart() {
+    let backend = Backend::start().await;
+    let local = Local::start(vec![service("iris", AuthMode::Key, &[backend.url()])]).await;
+    let cfg = local.gw.server.shared.snapshot().config.as_ref().clone();
+    let usage_file = cfg.state_dir.join("key-usage.json");
+    let (primary, secondary) = local.gw.keys("iris");
+    let mut c = local._pki.client().h1(local.gw.addr).await;
+    for _ in 0..3 {
+        assert_eq!(c.score("iris", &primary, BODY).await.status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(c.score("iris", &secondary, BODY).await.status, 200);
+    }
+    assert_eq!(c.score("iris", "not-a-key", BODY).await.status, 401);
+    let token = local.gw.admin_token();
+    let list = |admin: SocketAddr, q: &'static str| {
+        let token = token.clone();
+        async move {
+            admin_request(
+                admin,
+                "POST",
+                &format!("/v1/services/iris/listKeys{q}"),
+                Some(&token),
+                "",
+            )
+            .await
+        }
+    };
+    let r = list(local.gw.admin, "?usage=true").await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["primaryKey"], primary.as_str());
+    assert_eq!(v["usage"]["primary"]["requests"], 3);
+    assert_eq!(v["usage"]["secondary"]["requests"], 2);
+    let last_used = v["usage"]["primary"]["lastUsed"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        last_used.ends_with('Z') && last_used.len() == 20,
+        "{last_used}"
+    );
+    let since = v["usage"]["primary"]["since"].as_str().unwrap().to_string();
+    assert!(since <= last_used);
+    // Without the flag, the answer the contract names; a bad flag is a 400.
+    let plain = list(local.gw.admin, "").await.json();
+    assert_eq!(plain.as_object().unwrap().len(), 2, "{plain}");
+    assert_eq!(list(local.gw.admin, "?usage=yes").await.status, 400);
+
+    // The CLI's table.
+    let out = scoregate_owned(args(
+        &["keys", "list", "iris", "-o", "table"],
+        &local.admin_args(),
+    ))
+    .await;
+    assert!(out.ok(), "{out:?}");
+    let rows: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["KEY", "VALUE", "REQUESTS", "LAST", "USED", "SINCE"]
+    );
+    assert_eq!(
+        rows[1],
+        [
+            "primary",
+            primary.as_str(),
+            "3",
+            last_used.as_str(),
+            since.as_str()
+        ]
+    );
+    assert_eq!(rows[2][..3], ["secondary", secondary.as_str(), "2"]);
+
+    // Written while serving, in a batch (not per request), without a stop.
+    eventually("the usage file", Duration::from_secs(30), || {
+        read(&usage_file).contains("\"requests\": 3")
+    })
+    .await;
+    let file = read(&usage_file);
+    assert!(
+        !file.contains(&primary) && !file.contains(&secondary),
+        "{file}"
+    );
+    // One more request, then a clean stop: the drain writes it.
+    assert_eq!(c.score("iris", &primary, BODY).await.status, 200);
+    drop(c);
+    local.gw.stop().await;
+    assert!(
+        read(&usage_file).contains("\"requests\": 4"),
+        "{}",
+        read(&usage_file)
+    );
+
+    // A restart on the same state dir: the counts are back, the same keys in force.
+    let gw = Gw::start(cfg).await;
+    let v = list(gw.admin, "?usage=true").await.json();
+    assert_eq!(v["primaryKey"], primary.as_str());
+    assert_eq!(v["usage"]["primary"]["requests"], 4);
+    assert_eq!(v["usage"]["secondary"]["requests"], 2);
+    assert_eq!(v["usage"]["primary"]["since"], since.as_str());
+    assert!(v["usage"]["primary"]["lastUsed"].as_str().unwrap() >= last_used.as_str());
+
+    // The primary is replaced: its count starts over; the secondary's does not.
+    let r = admin_request(
+        gw.admin,
+        "POST",
+        "/v1/services/iris/regenerateKeys",
+        Some(&token),
+        r#"{"keyType": "Primary"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let v = list(gw.admin, "?usage=true").await.json();
+    assert_eq!(v["usage"]["primary"]["requests"], 0);
+    assert_eq!(v["usage"]["primary"]["lastUsed"], serde_json::Value::Null);
+    assert_eq!(v["usage"]["secondary"]["requests"], 2);
+    gw.stop().await;
+}
+
 // ---------------------------------------------------------------- serve, reload, PID file
 
 /// `serve` from a file as the real binary: its PID and first-run lines (scoring URI, auth,
@@ -568,11 +697,16 @@ async fn serve_announces_itself_and_reloads_like_nginx() {
     let rows: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(
         rows[0].split_whitespace().collect::<Vec<_>>(),
-        ["KEY", "VALUE"]
+        ["KEY", "VALUE", "REQUESTS", "LAST", "USED", "SINCE"]
     );
     assert_eq!(
-        rows[1].split_whitespace().collect::<Vec<_>>(),
-        ["primary", "preset-primary-key-0123456789abcdefghij"]
+        rows[1].split_whitespace().collect::<Vec<_>>()[..4],
+        [
+            "primary",
+            "preset-primary-key-0123456789abcdefghij",
+            "0",
+            "-"
+        ]
     );
     assert_eq!(rows.len(), 3);
     // Options before the subcommand, and SCOREGATE_CONFIG.
@@ -671,6 +805,53 @@ async fn serve_announces_itself_and_reloads_like_nginx() {
         !pid_file.exists(),
         "the PID file is removed on a clean exit"
     );
+}
+
+/// A port that is taken (the scoring or the admin one): `serve` says which, exits 1, and has
+/// written nothing — no service keys, no admin token — so a first start that failed leaves the
+/// folder as it was and a corrected one generates everything once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_writes_no_state_before_its_listeners_are_bound() {
+    let site = Site::new("http://127.0.0.1:5001").await;
+    let written = |site: &Site| {
+        let mut found: Vec<PathBuf> = vec![];
+        for p in [site.dir.join("admin-token"), site.dir.join("state")] {
+            if p.is_file() {
+                found.push(p);
+            } else if let Ok(d) = std::fs::read_dir(&p) {
+                found.extend(d.map(|e| e.unwrap().path()));
+            }
+        }
+        found
+    };
+    for (port, what) in [(site.listen, ""), (site.admin, "admin address ")] {
+        let taken = std::net::TcpListener::bind(port).unwrap();
+        let out = scoregate(&["serve", "--config", &site.config_arg()]).await;
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("cannot listen on {what}{port}")),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(written(&site), Vec::<PathBuf>::new(), "{port}");
+        drop(taken);
+    }
+    // The same config with its ports free writes both.
+    let mut child = Proc(
+        bin()
+            .args(["serve", "--config", &site.config_arg()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the state", Duration::from_secs(30), || {
+        site.dir.join("admin-token").exists() && site.dir.join("state/state.json").exists()
+    })
+    .await;
+    child.signal("-TERM");
+    assert_eq!(child.exit_code(Duration::from_secs(30)).await, Some(0));
 }
 
 /// `GET /v1/config` and `scoregate config show`: the effective config, secrets redacted, behind

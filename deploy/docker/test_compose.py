@@ -82,6 +82,34 @@ def main():
     assert re.search(r'^CMD \["serve"\]$', dockerfile, re.M), "the image serves SCOREGATE_CONFIG"
     assert re.search(r"^USER 10001:10001$", dockerfile, re.M)
 
+    # What the README's Docker section names exists (the certificates excepted: the section's
+    # first step makes them), and what the images COPY is in the build context.
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    docker_section = readme.split("\n## Docker\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"(?<![\w.-])((?:deploy|certs-example|tests|scripts)/[\w./-]*\w)", docker_section))
+    assert {"deploy/docker/compose.yml", "certs-example/make-certs.sh"} <= named, sorted(named)
+    for path in sorted(named):
+        if path.startswith("deploy/docker/certs"):
+            continue
+        assert os.path.exists(os.path.join(REPO, path)), f"the README names {path}, which does not exist"
+    with open(os.path.join(REPO, ".dockerignore")) as f:
+        ignored = [l.strip() for l in f if l.strip() and not l.startswith("#")]
+    for text in (dockerfile, model_dockerfile):
+        for src in re.findall(r"^COPY (?!--from)(\S+) ", text, re.M):
+            assert src == "." or os.path.exists(os.path.join(REPO, src)), f"COPY {src}: no such file"
+            assert not any(src == i or src.startswith(i.rstrip("/") + "/") for i in ignored), \
+                f"COPY {src}: excluded by .dockerignore"
+    # make-certs.sh writes the files the config names, where the README's step 1 puts them.
+    with open(os.path.join(REPO, "certs-example", "make-certs.sh")) as f:
+        make_certs = f.read()
+    for entry in config["tls"]["certificates"]:
+        for k in ("cert", "key"):
+            rel = entry[k]
+            assert rel.startswith("certs/"), rel
+            assert os.path.basename(rel) in make_certs, f"make-certs.sh does not write {rel}"
+    assert "OUT=deploy/docker/certs ./certs-example/make-certs.sh" in docker_section
+
     # The certificates made for the kit stay out of git and out of the build context.
     with open(os.path.join(REPO, ".dockerignore")) as f:
         assert "deploy/docker/certs" in f.read().split()

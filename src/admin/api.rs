@@ -84,6 +84,7 @@ async fn api(
     req: Request<Incoming>,
 ) -> Result<AdminResponse, AdminError> {
     let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
     let method = req.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return Ok(text(StatusCode::OK, "text/plain", "ok\n".into())),
@@ -133,10 +134,16 @@ async fn api(
         (&Method::GET, ["services", name]) => service_json(shared, &snap, name)
             .map(|v| json(StatusCode::OK, &v))
             .ok_or_else(|| AdminError::unknown_service(name)),
-        (&Method::POST, ["services", name, "listKeys"]) => shared
-            .keys(name)
-            .map(|k| json(StatusCode::OK, &keys_json(&k)))
-            .map_err(write_error),
+        (&Method::POST, ["services", name, "listKeys"]) => {
+            let keys = shared.keys(name).map_err(write_error)?;
+            let mut v = keys_json(&keys);
+            if query_flag(query.as_deref(), "usage")?
+                && let Some(u) = shared.key_usage(name)
+            {
+                v["usage"] = usage_json(&u);
+            }
+            Ok(json(StatusCode::OK, &v))
+        }
         (&Method::POST, ["services", name, "regenerateKeys"]) => {
             regenerate(shared, name, &body).await
         }
@@ -186,6 +193,33 @@ async fn api(
 
 fn keys_json(k: &KeyPair) -> Value {
     json!({"primaryKey": k.primary.expose(), "secondaryKey": k.secondary.expose()})
+}
+
+/// `?NAME=true|false` (or a bare `?NAME`); anything else in the query is a 400.
+fn query_flag(query: Option<&str>, name: &str) -> Result<bool, AdminError> {
+    let mut on = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "true")) {
+            (n, "true") if n == name => on = true,
+            (n, "false") if n == name => on = false,
+            _ => {
+                return Err(AdminError::bad_request(format!(
+                    "Unknown query parameter or value {pair:?}: this call takes {name}=true or {name}=false."
+                )));
+            }
+        }
+    }
+    Ok(on)
+}
+
+/// `listKeys?usage=true`: per key, the requests this replica authenticated with it since it came
+/// into force (`since`), and when it was last used; times RFC 3339 UTC.
+fn usage_json(u: &[crate::auth::keys::Usage; 2]) -> Value {
+    let t = |secs: u64| {
+        crate::store::plan::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    };
+    let one = |u: &crate::auth::keys::Usage| json!({"requests": u.requests, "lastUsed": u.last_used.map(t), "since": t(u.since)});
+    json!({"primary": one(&u[0]), "secondary": one(&u[1])})
 }
 
 fn write_error(e: WriteError) -> AdminError {

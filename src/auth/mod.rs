@@ -85,7 +85,7 @@ impl ServiceAuth {
             ServiceAuth::Unavailable => Err(GatewayError::StoreUnavailable),
             ServiceAuth::Key(keys) => {
                 let cred = bearer(headers).map_err(refuse)?;
-                match keys.load().check(cred) {
+                match keys.check(cred) {
                     Some(which) => Ok(AuthOutcome::Key(which)),
                     None if looks_like_jwt(cred) => Err(refuse(AuthFailure::WrongMode)),
                     None => Err(refuse(AuthFailure::WrongKey)),

@@ -298,14 +298,16 @@ pub enum ServiceCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
-    /// The primary and secondary key of a service.
+    /// The primary and secondary key of a service, and how much each was used: requests
+    /// authenticated with it and when it was last used, on the replica that answers.
     List {
         /// Service name.
         name: String,
         /// Print only the two keys, primary first, one per line.
         #[arg(long, conflicts_with = "output")]
         value: bool,
-        /// json: the admin API's answer; table: one line per key.
+        /// json: the admin API's answer (listKeys?usage=true); table: one line per key with its
+        /// requests, last use and since when it is counted (on the replica that answers).
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Json)]
         output: Format,
     },

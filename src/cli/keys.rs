@@ -27,12 +27,12 @@ pub fn run(command: KeysCommand, opts: &AdminOptions) -> anyhow::Result<()> {
     }
 }
 
-/// `keys list`.
+/// `keys list`: the keys and how much each was used (on the replica that answers).
 fn list(opts: &AdminOptions, name: &str, value: bool, format: Format) -> anyhow::Result<()> {
     admin_call(
         opts,
         Method::POST,
-        &format!("/v1/services/{}/listKeys", path_segment(name)),
+        &format!("/v1/services/{}/listKeys?usage=true", path_segment(name)),
         None,
         match (value, format) {
             (true, _) => Output::Keys,

@@ -18,7 +18,7 @@ pub enum Output {
 pub enum Table {
     /// `GET /v1/services`: name, state, auth mode, scoring URI.
     Services,
-    /// `listKeys`: one row per key.
+    /// `listKeys?usage=true`: one row per key, with its use.
     Keys,
     /// `POST /v1/reload`: what changed, what needs a restart.
     Reload,
@@ -45,11 +45,23 @@ impl Output {
                 }
                 columns(&rows)
             }
-            Output::Table(Table::Keys) => columns(&[
-                row(["KEY", "VALUE"]),
-                row(["primary", text(&v["primaryKey"])]),
-                row(["secondary", text(&v["secondaryKey"])]),
-            ]),
+            Output::Table(Table::Keys) => {
+                let key = |slot: &str, field: &str| {
+                    let u = &v["usage"][slot];
+                    row([
+                        slot,
+                        text(&v[field]),
+                        &count(&u["requests"]),
+                        text(&u["lastUsed"]),
+                        text(&u["since"]),
+                    ])
+                };
+                columns(&[
+                    row(["KEY", "VALUE", "REQUESTS", "LAST USED", "SINCE"]),
+                    key("primary", "primaryKey"),
+                    key("secondary", "secondaryKey"),
+                ])
+            }
             Output::Table(Table::Reload) => {
                 let list = |x: &Value| match strings(x) {
                     l if l.is_empty() => "(nothing)".to_string(),
@@ -69,6 +81,12 @@ pub fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| a.iter().map(|x| text(x).to_string()).collect())
         .unwrap_or_default()
+}
+
+/// A count as it reads; `-` when missing.
+fn count(v: &Value) -> String {
+    v.as_u64()
+        .map_or_else(|| "-".to_string(), |n| n.to_string())
 }
 
 /// A string value as it reads; `-` for a missing one, other JSON as written.

@@ -1,5 +1,5 @@
-//! Configuration in two layers: the TOML as written (`raw`, serde structs that deny unknown keys)
-//! and the checked, typed values the gateway runs on (`types`), built by `validate`. Every
+//! Configuration in two layers: the TOML as written (`raw`, serde structs that deny unknown keys,
+//! read by `parse`, which reports every unknown key at once) and the checked, typed values the gateway runs on (`types`), built by `validate`. Every
 //! default is a named constant with its reason (`defaults`). `view` shows the typed config as
 //! JSON, secrets redacted, for operators.
 //!
@@ -7,6 +7,7 @@
 //! listing every problem found, each naming the file, the key and what is wrong.
 
 pub mod defaults;
+mod parse;
 pub mod rate_limit;
 pub mod raw;
 pub mod service;
@@ -71,9 +72,9 @@ impl Config {
 
     /// Validates config text as if read from `file` (relative paths resolve against its folder).
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        let raw = parse::raw_config(text).map_err(|problems| ConfigError {
             file: file.to_path_buf(),
-            problems: vec![e.to_string().trim_end().to_string()],
+            problems,
         })?;
         let base = file
             .parent()

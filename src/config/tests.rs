@@ -58,7 +58,10 @@ fn unknown_keys_are_errors_naming_the_key() {
     assert!(e.contains("max_conections"), "{e}");
     assert!(e.contains("/etc/scoregate/scoregate.toml"), "{e}");
     let e = problems(&MINIMAL.replace("name = \"iris\"", "name = \"iris\"\nbackend = \"x\""));
-    assert!(e.contains("unknown field") && e.contains("backend"), "{e}");
+    assert!(
+        e.contains("service[0].backend: unknown key") && e.contains("did you mean `backends`?"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -47,7 +47,8 @@
 //! are refused); connections still in their handshake are dropped; idle HTTP/1.1 connections close
 //! and busy ones close after their response; HTTP/2 connections get GOAWAY and finish their
 //! streams. It ends as soon as the last connection is gone, or at the drain deadline, when the rest
-//! are closed. The admin listener stops last, so `/readyz` answers 503 throughout the drain.
+//! are closed. Then the key-usage counts are written (`state::usage`), and the admin listener
+//! stops last, so `/readyz` answers 503 throughout the drain.
 
 mod accept;
 pub mod announce;
@@ -110,6 +111,8 @@ pub struct Server {
     accept_tasks: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
     watcher: Option<JoinHandle<()>>,
+    /// Writes the key-usage counts every few seconds (`state::usage`).
+    usage_writer: JoinHandle<()>,
     /// Every connection task holds a clone; when all are gone, `drained` yields `None`.
     open: mpsc::Sender<()>,
     drained: mpsc::Receiver<()>,
@@ -175,6 +178,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
     };
     cell.store(Some(shared.clone()));
+    shared.restore_key_usage().await;
+    let usage_writer = crate::state::usage::spawn_writer(shared.clone());
     if !file_store {
         listeners = bind_all(&addresses).await?;
     }
@@ -216,6 +221,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         accept_tasks,
         admin_task,
         watcher,
+        usage_writer,
         open,
         drained,
     })
@@ -285,6 +291,7 @@ impl Server {
             accept_tasks,
             admin_task,
             watcher,
+            usage_writer,
             open,
             mut drained,
             ..
@@ -319,6 +326,9 @@ impl Server {
         if let Some(w) = watcher {
             w.abort();
         }
+        // The requests are done: their counts are final.
+        usage_writer.abort();
+        shared.flush_key_usage().await;
         let _ = admin_stop.send(true);
         let _ = tokio::time::timeout(ADMIN_STOP_WAIT, admin_task).await;
     }

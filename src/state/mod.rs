@@ -7,10 +7,12 @@
 //! side and may fail without a trace; `publish` puts a built state in force and cannot fail.
 //! Reload (`reload`) and the admin API's writes persist to the store between the two.
 //! `store_sync` starts the state from the store, keeps it in step with a shared store (changes
-//! other replicas make, data loss, outages) and makes the admin API's writes.
+//! other replicas make, data loss, outages) and makes the admin API's writes. `usage` keeps each
+//! key's use counts across restarts.
 
 mod backend_metrics;
 mod store_sync;
+pub mod usage;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -20,7 +22,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth::ServiceAuth;
 use crate::auth::issuers::TrustedIssuer;
-use crate::auth::keys::{KeyPair, KeySlot, SharedKeys};
+use crate::auth::keys::{KeyCell, KeyPair, KeySlot, SharedKeys};
 use crate::auth::signer::{Signer, SignerError, SigningSet};
 use crate::auth::tokens::ServiceTokens;
 use crate::client::{AddressPolicy, Trust};
@@ -225,7 +227,7 @@ impl Shared {
                             let cell = keyring
                                 .get(&sc.name)
                                 .cloned()
-                                .unwrap_or_else(|| Arc::new(ArcSwap::from_pointee(pair.clone())));
+                                .unwrap_or_else(|| Arc::new(KeyCell::new(pair.clone())));
                             keys.insert(sc.name.clone(), (cell.clone(), pair));
                             ServiceAuth::Key(cell)
                         }
@@ -341,7 +343,7 @@ impl Shared {
             let mut ring = BTreeMap::new();
             for (name, (cell, pair)) in keys {
                 if **cell.load() != pair {
-                    cell.store(Arc::new(pair));
+                    cell.store(pair);
                 }
                 ring.insert(name, cell);
             }

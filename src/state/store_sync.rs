@@ -305,7 +305,7 @@ impl Shared {
                         .unwrap()
                         .services
                         .insert(name.into(), next_rec);
-                    cell.store(Arc::new(pair.clone()));
+                    cell.store(pair.clone());
                     return Ok(pair);
                 }
                 Err(StoreError::Conflict) if attempt < WRITE_ATTEMPTS => continue,
@@ -484,7 +484,7 @@ impl Shared {
                     };
                     if **cell.load() != pair {
                         tracing::info!(service = %name, revision = rec.revision, "keys changed in the shared store: in force");
-                        cell.store(Arc::new(pair));
+                        cell.store(pair);
                     }
                 }
             }

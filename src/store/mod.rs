@@ -7,7 +7,8 @@
 //! writes a planned state — for Redis, one compare-and-set per record that changed, which fails
 //! with `Conflict` when another replica changed that record first (the caller reads again and
 //! re-plans). The hot path never reads the store: the state in force lives in memory (key cells
-//! and the signer, see `state`).
+//! and the signer, see `state`). `usage` is a file of its own beside it, per replica: how much
+//! each key was used.
 
 pub mod admin;
 pub mod cache;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod plan;
 pub mod records;
 pub mod redis;
+pub mod usage;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
