@@ -6,6 +6,7 @@
 //! listing every problem found, each naming the file, the key and what is wrong.
 
 pub mod defaults;
+pub mod deployment;
 pub mod rate_limit;
 pub mod raw;
 pub mod service;
@@ -19,6 +20,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use defaults::*;
+pub use deployment::{TrafficError, check_traffic};
 pub use rate_limit::{RateLimitBy, RateLimitConfig};
 pub use service::parse_backend;
 pub use types::*;

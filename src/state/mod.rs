@@ -31,8 +31,7 @@ use crate::store::plan::PlanError;
 use crate::store::{ServiceRecord, Store, StoreError, StoreState};
 use crate::tls::{CertStore, SniResolver, TlsError};
 
-/// The one deployment of a service with `backends` (contract §8).
-pub const DEFAULT_DEPLOYMENT: &str = "default";
+pub use crate::config::DEFAULT_DEPLOYMENT;
 
 /// One configured service, ready for the hot path.
 pub struct Service {
