@@ -328,7 +328,20 @@ impl Metrics {
         }
     }
 
-    /// Drops the series of a service no longer configured (or of its deployments).
+    /// Drops the series of deployments a kept service no longer has.
+    pub fn forget_deployments(&self, name: &str, deployments: &[&str]) {
+        for d in deployments {
+            for class in CLASSES {
+                for code in code_labels() {
+                    let _ = self.requests.remove_label_values(&[name, d, class, code]);
+                }
+            }
+            let _ = self.request_duration.remove_label_values(&[name, d]);
+            let _ = self.backend_duration.remove_label_values(&[name, d]);
+        }
+    }
+
+    /// Drops the series of a service no longer configured (and of its deployments).
     pub fn forget_service(&self, name: &str, deployments: &[&str]) {
         for d in std::iter::once("").chain(deployments.iter().copied()) {
             for class in CLASSES {

@@ -160,6 +160,27 @@ pub fn mirror_only(given: &BTreeMap<String, u32>) -> Traffic {
         .collect()
 }
 
+/// The split and mirror in force for `svc`: the ones stored through the admin API where set
+/// (`None`: the config's), checked against the configured deployments. A stored weight for a
+/// deployment that no longer exists is dropped when it is 0; any other misfit is an error.
+pub fn effective(
+    svc: &ServiceConfig,
+    stored_traffic: Option<&Traffic>,
+    stored_mirror: Option<&Traffic>,
+) -> Result<(Traffic, Traffic), TrafficError> {
+    let names = svc.deployment_names();
+    let widen = |t: &Traffic| -> BTreeMap<String, u32> {
+        t.iter()
+            .filter(|(n, w)| **w > 0 || names.contains(&n.as_str()))
+            .map(|(n, w)| (n.clone(), u32::from(*w)))
+            .collect()
+    };
+    let t = widen(stored_traffic.unwrap_or(&svc.traffic));
+    let m = widen(stored_mirror.unwrap_or(&svc.mirror_traffic));
+    check_traffic(&names, &t, &m)?;
+    Ok((full_traffic(&names, &t), mirror_only(&m)))
+}
+
 impl Validator {
     /// Fills in the deployments, the split, the mirror and its settings of `svc`, reporting
     /// every broken rule under its key.

@@ -36,6 +36,7 @@ pub fn backend(resp: Response<PooledBody>, rec: &Record) -> Answer {
         rec.client_request_id.clone(),
     );
     rec.rate_limit_headers(&mut parts.headers);
+    rec.deployment_header(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
 }
 
@@ -66,6 +67,7 @@ pub async fn refusal(r: Refused, rec: &Record) -> Answer {
         h.insert(X_MS_CLIENT_REQUEST_ID, c.clone());
     }
     rec.rate_limit_headers(h);
+    rec.deployment_header(h);
     let left = match r.body {
         Leftover::Unread(body) if body.is_end_stream() => Leftover::Complete,
         Leftover::Unread(body) if r.version >= Version::HTTP_2 => {

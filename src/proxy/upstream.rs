@@ -29,7 +29,7 @@ use crate::config::BackendProtocol;
 /// it (Azure ML defaults: 500 ms wait, tens of ms per score); more would time out anyway.
 pub const WAITERS_PER_SLOT: usize = 8;
 /// A cheap per-thread xorshift64 generator, seeded from the std hasher's random keys.
-fn random() -> u64 {
+pub fn random() -> u64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new({
             use std::hash::BuildHasher;

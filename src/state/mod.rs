@@ -9,6 +9,7 @@
 //! `store_sync` starts the state from the store, keeps it in step with a shared store (changes
 //! other replicas make, data loss, outages) and makes the admin API's writes.
 
+pub mod routing;
 mod store_sync;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,7 @@ use crate::proxy::{ForwardSettings, health};
 use crate::store::plan::PlanError;
 use crate::store::{ServiceRecord, Store, StoreError, StoreState};
 use crate::tls::{CertStore, SniResolver, TlsError};
+pub use routing::{Deployment, Routing};
 
 pub use crate::config::DEFAULT_DEPLOYMENT;
 
@@ -38,11 +40,41 @@ pub struct Service {
     pub config: ServiceConfig,
     pub auth: ServiceAuth,
     pub policy: AddressPolicy,
-    pub upstream: Upstream,
-    pub forward: ForwardSettings,
+    /// Its deployments, in config order (index `i` counts under metrics deployment `i + 1`).
+    pub deployments: Vec<Deployment>,
+    /// The live split and mirror in force (the config's, or the admin API's).
+    pub routing: Routing,
     pub metrics: ServiceMetrics,
     /// `[[service.rate_limit]]`: the policies and the buckets behind them.
     pub limits: crate::limit::ServiceLimits,
+}
+
+impl Service {
+    /// The admin API's `state` (contract §2, §8): `Unhealthy` while a deployment with live
+    /// weight has no available backend (with all weights 0: while no deployment has one),
+    /// `Degraded` while some backend is down, else `Succeeded`.
+    pub fn state(&self) -> &'static str {
+        let states: Vec<(&'static str, bool)> = self
+            .deployments
+            .iter()
+            .map(|d| {
+                let live = self.routing.traffic.get(&d.name).is_some_and(|w| *w > 0);
+                (d.state(), live)
+            })
+            .collect();
+        let unhealthy = if self.routing.has_live_traffic() {
+            states.iter().any(|(s, live)| *live && *s == "Unhealthy")
+        } else {
+            states.iter().all(|(s, _)| *s == "Unhealthy")
+        };
+        if unhealthy {
+            "Unhealthy"
+        } else if states.iter().any(|(s, _)| *s != "Succeeded") {
+            "Degraded"
+        } else {
+            "Succeeded"
+        }
+    }
 }
 
 /// Everything a request needs, immutable once built. A reload builds a new one and swaps it in.
@@ -122,8 +154,14 @@ pub enum WriteError {
     NotKeyMode(String),
     #[error("{0}")]
     Invalid(&'static str),
+    /// A traffic split or mirror that breaks a rule of contract §8 (400 `InvalidTraffic`).
+    #[error("{0}")]
+    InvalidTraffic(crate::config::TrafficError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The stored change did not build into a state (it stays stored; a reload retries).
+    #[error("{0}")]
+    Build(String),
 }
 
 /// The process-wide state.
@@ -256,46 +294,66 @@ impl Shared {
                     ))
                 }
             };
-            let probe = ProbeSettings {
-                health: sc.health.clone(),
-                protocol: sc.backend_protocol,
-            };
-            let mut ups = Vec::with_capacity(sc.backends.len());
-            for uri in &sc.backends {
-                let fresh = Backend::new(uri);
-                let b = match backends.iter().find(|(b, ..)| b.url == fresh.url) {
-                    Some((b, ..)) => b.clone(),
-                    None => match registry.get(&fresh.url).and_then(Weak::upgrade) {
-                        Some(b) => {
-                            backends.push((b.clone(), probe.clone(), false));
-                            b
-                        }
-                        None => {
-                            let b = Arc::new(fresh);
-                            backends.push((b.clone(), probe.clone(), true));
-                            b
-                        }
-                    },
+            let resolved = sc.resolved_deployments();
+            let mut deployments = Vec::with_capacity(resolved.len());
+            for d in resolved {
+                let probe = ProbeSettings {
+                    health: d.health.clone(),
+                    protocol: d.backend_protocol,
                 };
-                ups.push(b);
+                let mut ups = Vec::with_capacity(d.backends.len());
+                for uri in &d.backends {
+                    let fresh = Backend::new(uri);
+                    let b = match backends.iter().find(|(b, ..)| b.url == fresh.url) {
+                        Some((b, ..)) => b.clone(),
+                        None => match registry.get(&fresh.url).and_then(Weak::upgrade) {
+                            Some(b) => {
+                                backends.push((b.clone(), probe.clone(), false));
+                                b
+                            }
+                            None => {
+                                let b = Arc::new(fresh);
+                                backends.push((b.clone(), probe.clone(), true));
+                                b
+                            }
+                        },
+                    };
+                    ups.push(b);
+                }
+                deployments.push(Deployment {
+                    header: http::HeaderValue::from_str(&d.name)
+                        .expect("a validated deployment name is a header value"),
+                    forward: ForwardSettings {
+                        score_path: d.score_path,
+                        scoring_timeout: d.scoring_timeout,
+                        max_body: sc.max_body,
+                        limit: d.max_concurrent_requests_per_backend,
+                        max_wait: d.max_request_wait_time,
+                        body_idle: config.limits.body_idle_timeout,
+                    },
+                    upstream: Upstream::new(ups, d.backend_protocol),
+                    pinnable: d.pinnable,
+                    name: d.name,
+                });
             }
+            let names = sc.deployment_names();
+            let rec = state.services.get(&sc.name);
+            let (traffic, mirror) = crate::config::deployment::effective(
+                sc,
+                rec.and_then(|r| r.traffic.as_ref()),
+                rec.and_then(|r| r.mirror_traffic.as_ref()),
+            )
+            .unwrap_or_else(|_| (sc.traffic.clone(), sc.mirror_traffic.clone()));
             let svc = Service {
-                forward: ForwardSettings {
-                    score_path: sc.score_path.clone(),
-                    scoring_timeout: sc.scoring_timeout,
-                    max_body: sc.max_body,
-                    limit: sc.max_concurrent_requests_per_backend,
-                    max_wait: sc.max_request_wait_time,
-                    body_idle: config.limits.body_idle_timeout,
-                },
                 config: sc.clone(),
                 auth,
                 policy: AddressPolicy {
                     allow: sc.allow.clone(),
                     deny: sc.deny.clone(),
                 },
-                upstream: Upstream::new(ups, sc.backend_protocol),
-                metrics: self.metrics.for_service(&sc.name, &[DEFAULT_DEPLOYMENT]),
+                routing: Routing::new(&names, &traffic, &mirror),
+                deployments,
+                metrics: self.metrics.for_service(&sc.name, &names),
                 limits: self.limits.build(sc, &mut limits),
             };
             services.insert(sc.name.clone(), Arc::new(svc));

@@ -138,6 +138,8 @@ pub fn plan_service(
             applied: BTreeMap::new(),
             primary_preset: None,
             secondary_preset: None,
+            traffic: None,
+            mirror_traffic: None,
         },
     };
     // Earlier versions kept the preset fingerprints in fields of their own.
@@ -209,6 +211,7 @@ pub fn plan_service(
             return Err(PlanError::KeysEqual(svc.name.clone()));
         }
     }
+    plan_traffic(&mut rec, svc, ctx, &mut warnings);
     match current {
         Some(o) if *o == rec => Ok((None, warnings)),
         Some(o) => {
@@ -220,6 +223,90 @@ pub fn plan_service(
             rec.revision = 1;
             Ok((Some(rec), warnings))
         }
+    }
+}
+
+/// The fingerprint of a split or mirror as configured (`-` for no mirror).
+pub fn traffic_fingerprint(t: &crate::config::Traffic) -> String {
+    if t.is_empty() {
+        "-".into()
+    } else {
+        crate::config::traffic_string(t)
+    }
+}
+
+/// `traffic` and `mirror_traffic` (contract §8), latest action wins: a value stored by the
+/// admin API stays until the config's effective value changes (then the config's is in
+/// force); a config value applied once and replaced since is superseded while another replica
+/// serves the service (a rollout on two config versions), and applied again otherwise (a
+/// single replica rolled back). A stored value that no longer fits the deployments is dropped
+/// for the config's, with a warning. Services whose split was never set through the API
+/// remember nothing (no store write for them).
+fn plan_traffic(
+    rec: &mut ServiceRecord,
+    svc: &ServiceConfig,
+    ctx: &PlanCtx<'_>,
+    warnings: &mut Vec<String>,
+) {
+    for mirror in [false, true] {
+        let (field, config_value) = if mirror {
+            ("mirror_traffic", &svc.mirror_traffic)
+        } else {
+            ("traffic", &svc.traffic)
+        };
+        let stored_is_some = if mirror {
+            rec.mirror_traffic.is_some()
+        } else {
+            rec.traffic.is_some()
+        };
+        if !stored_is_some && !rec.applied.contains_key(field) {
+            continue;
+        }
+        let fp = traffic_fingerprint(config_value);
+        let apply = match decide(&rec.applied, field, &fp) {
+            Decision::Keep => false,
+            Decision::Apply => true,
+            Decision::Superseded if (ctx.others_serve)(&svc.name, None) => {
+                warnings.push(format!(
+                    "service {:?}: {field} = {{{fp}}} was replaced in the shared store since; keeping the store's (another replica has a newer config)",
+                    svc.name
+                ));
+                false
+            }
+            Decision::Superseded => true,
+        };
+        if apply {
+            if mirror {
+                rec.mirror_traffic = None;
+            } else {
+                rec.traffic = None;
+            }
+            record_applied(&mut rec.applied, field, fp);
+        }
+    }
+    if (rec.traffic.is_some() || rec.mirror_traffic.is_some())
+        && let Err(e) = crate::config::deployment::effective(
+            svc,
+            rec.traffic.as_ref(),
+            rec.mirror_traffic.as_ref(),
+        )
+    {
+        warnings.push(format!(
+            "service {:?}: the traffic split set through the admin API does not fit the configured deployments ({e}); the config's is in force",
+            svc.name
+        ));
+        rec.traffic = None;
+        rec.mirror_traffic = None;
+        record_applied(
+            &mut rec.applied,
+            "traffic",
+            traffic_fingerprint(&svc.traffic),
+        );
+        record_applied(
+            &mut rec.applied,
+            "mirror_traffic",
+            traffic_fingerprint(&svc.mirror_traffic),
+        );
     }
 }
 
