@@ -390,6 +390,12 @@ pub fn service_json(shared: &Shared, snap: &Snapshot, name: &str) -> Option<Valu
         .iter()
         .map(|d| json!({"name": d.name, "state": d.state()}))
         .collect();
+    let backends: Vec<Value> = svc
+        .deployments
+        .iter()
+        .flat_map(|d| d.upstream.backends.iter())
+        .map(|b| backend_json(&b.view()))
+        .collect();
     Some(json!({
         "id": rec.id,
         "name": name,
@@ -399,10 +405,24 @@ pub fn service_json(shared: &Shared, snap: &Snapshot, name: &str) -> Option<Valu
         "updatedAt": rec.updated_at,
         "scoringUri": format!("{base}/api/v1/service/{name}/score"),
         "swaggerUri": format!("{base}/api/v1/service/{name}/swagger.json"),
+        "backends": backends,
         "traffic": svc.routing.traffic,
         "mirrorTraffic": svc.routing.mirror_traffic,
         "deployments": deployments,
     }))
+}
+
+/// One backend of `GET /v1/services/NAME`: `{"url", "up", "consecutiveFailures", "lastError",
+/// "lastErrorAt", "inFlight"}` (`lastError`/`lastErrorAt` null until a failure).
+fn backend_json(b: &crate::proxy::backend::BackendView) -> Value {
+    json!({
+        "url": b.url,
+        "up": b.up,
+        "consecutiveFailures": b.consecutive_failures,
+        "lastError": b.last_error.as_ref().map(|e| e.message.as_str()),
+        "lastErrorAt": b.last_error.as_ref().map(|e| crate::store::plan::rfc3339(e.at)),
+        "inFlight": b.in_flight,
+    })
 }
 
 /// `https://<CNAME>[:port]`, or `listen.public_url` when set.

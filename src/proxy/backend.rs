@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -37,6 +37,57 @@ pub struct ProbeSettings {
     pub protocol: BackendProtocol,
 }
 
+/// How one request's exchange with a backend ended, for `scoregate_backend_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeResult {
+    /// A response head arrived (whatever its status: a backend's own 500 is a response).
+    Response,
+    /// The connection could not be made.
+    ConnectError,
+    /// No response head within `scoring_timeout`.
+    Timeout,
+    /// Connected, then the exchange broke (reset, a malformed response, too much before the head).
+    Error,
+}
+
+impl ExchangeResult {
+    /// Every result, in the order of the counters (and of the metric's `result` label).
+    pub const ALL: [ExchangeResult; 4] = [
+        ExchangeResult::Response,
+        ExchangeResult::ConnectError,
+        ExchangeResult::Timeout,
+        ExchangeResult::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeResult::Response => "response",
+            ExchangeResult::ConnectError => "connect_error",
+            ExchangeResult::Timeout => "timeout",
+            ExchangeResult::Error => "error",
+        }
+    }
+}
+
+/// The last failure seen on a backend (a request's or a health probe's), for the admin API.
+#[derive(Debug, Clone)]
+pub struct LastError {
+    pub message: String,
+    pub at: SystemTime,
+}
+
+/// What the admin API shows of a backend (`GET /v1/services/NAME`, `backends`).
+#[derive(Debug, Clone)]
+pub struct BackendView {
+    pub url: String,
+    /// Gets new requests: the health check passes and no passive back-off holds it out.
+    pub up: bool,
+    /// The longer of the current streaks of failed health probes and failed connects.
+    pub consecutive_failures: u32,
+    pub last_error: Option<LastError>,
+    pub in_flight: usize,
+}
+
 /// One backend (model replica) and its runtime state.
 #[derive(Debug)]
 pub struct Backend {
@@ -54,6 +105,12 @@ pub struct Backend {
     ejections: AtomicU32,
     /// End of the passive back-off, in ms since `epoch()`; 0 when not ejected.
     ejected_until: AtomicU64,
+    /// Health probes failed in a row (written by `health`).
+    pub(super) probe_failures: AtomicU32,
+    /// Exchanges by how they ended (`ExchangeResult::ALL` order); one relaxed add per request.
+    exchanges: [AtomicU64; 4],
+    /// Written on failures only, never on a request that worked.
+    last_error: Mutex<Option<LastError>>,
     /// Requests currently waiting for a slot that would take one here.
     pub(super) waiters: AtomicUsize,
     /// Signalled when a slot frees (one waiter) or availability changes (all waiters).
@@ -75,6 +132,9 @@ impl Backend {
             connect_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            probe_failures: AtomicU32::new(0),
+            exchanges: Default::default(),
+            last_error: Mutex::new(None),
             waiters: AtomicUsize::new(0),
             freed: Notify::new(),
             probe: Mutex::new(ProbeSettings {
@@ -103,6 +163,38 @@ impl Backend {
     /// May get new requests: healthy, and not in a passive back-off.
     pub fn is_available(&self) -> bool {
         self.is_healthy() && !self.is_ejected()
+    }
+
+    /// Counts one exchange by how it ended.
+    pub fn count(&self, result: ExchangeResult) {
+        self.exchanges[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Exchanges so far that ended with `result`.
+    pub fn exchanges(&self, result: ExchangeResult) -> u64 {
+        self.exchanges[result as usize].load(Ordering::Relaxed)
+    }
+
+    /// Remembers a failure (a request's or a probe's) for the admin API.
+    pub fn record_error(&self, message: String) {
+        *self.last_error.lock().unwrap() = Some(LastError {
+            message,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// The backend as the admin API shows it.
+    pub fn view(&self) -> BackendView {
+        BackendView {
+            url: self.url.clone(),
+            up: self.is_available(),
+            consecutive_failures: self
+                .probe_failures
+                .load(Ordering::Relaxed)
+                .max(self.connect_failures.load(Ordering::Relaxed)),
+            last_error: self.last_error.lock().unwrap().clone(),
+            in_flight: self.in_flight(),
+        }
     }
 
     pub fn probe_settings(&self) -> ProbeSettings {

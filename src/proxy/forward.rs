@@ -25,6 +25,7 @@ use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use super::backend::ExchangeResult;
 use super::body::{BodySlot, Leftover, Stalled, TooLarge, UpstreamBody};
 use super::pool::{Pool, PooledBody, SendError};
 use super::upstream::{Backend, InFlight, Refusal, Upstream};
@@ -142,6 +143,7 @@ pub async fn forward(
         match sent {
             Ok(Ok(response)) => {
                 backend.connect_succeeded();
+                backend.count(ExchangeResult::Response);
                 return Ok(Forwarded {
                     response: response.map(|b| b.with_idle_limit(settings.scoring_timeout)),
                     backend,
@@ -149,6 +151,11 @@ pub async fn forward(
                 });
             }
             Err(_) => {
+                backend.count(ExchangeResult::Timeout);
+                backend.record_error(format!(
+                    "no response head within scoring_timeout ({})",
+                    humantime::format_duration(settings.scoring_timeout)
+                ));
                 return Err(fail(
                     GatewayError::ScoringTimeout(settings.scoring_timeout),
                     Some(backend),
@@ -169,6 +176,13 @@ pub async fn forward(
                 if let Some(s) = find_source::<Stalled>(&e) {
                     return Err(fail(GatewayError::RequestTimeout(s.0), Some(backend)));
                 }
+                // The client's body was at fault above; from here on the backend was.
+                backend.count(if e.is_connect() {
+                    ExchangeResult::ConnectError
+                } else {
+                    ExchangeResult::Error
+                });
+                backend.record_error(DisplayChain(&e).to_string());
                 // Retry once, elsewhere, only if nothing was sent and the body is still ours.
                 if e.is_connect() && tried.is_none() && slot_body.available() {
                     tracing::warn!(backend = %backend.url, error = %e, "cannot connect to backend, trying another");

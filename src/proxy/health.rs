@@ -71,6 +71,7 @@ async fn run(backend: Weak<Backend>) {
         match ok {
             Ok(()) => {
                 failures = 0;
+                b.probe_failures.store(0, Ordering::Relaxed);
                 successes = successes.saturating_add(1);
                 b.clear_passive();
                 if successes >= h.success_threshold && !b.healthy.swap(true, Ordering::Relaxed) {
@@ -81,6 +82,8 @@ async fn run(backend: Weak<Backend>) {
             Err(why) => {
                 successes = 0;
                 failures = failures.saturating_add(1);
+                b.probe_failures.store(failures, Ordering::Relaxed);
+                b.record_error(format!("health check: {why}"));
                 if failures >= h.failure_threshold && b.healthy.swap(false, Ordering::Relaxed) {
                     tracing::warn!(backend = %url, failures, error = %why, "health check fails; backend out of rotation");
                     b.wake_waiters();

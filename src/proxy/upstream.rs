@@ -107,6 +107,19 @@ impl Upstream {
         self.backends.iter().any(|b| b.is_available())
     }
 
+    /// The admin API's `state`: `Succeeded` (every backend up), `Degraded` (some down),
+    /// `Unhealthy` (none up).
+    pub fn state(&self) -> &'static str {
+        let up = self.backends.iter().filter(|b| b.is_available()).count();
+        if up == self.backends.len() {
+            "Succeeded"
+        } else if up > 0 {
+            "Degraded"
+        } else {
+            "Unhealthy"
+        }
+    }
+
     fn usable(b: &Arc<Backend>, skip: Option<&Arc<Backend>>) -> bool {
         b.is_available() && skip.is_none_or(|s| !Arc::ptr_eq(s, b))
     }

@@ -23,19 +23,7 @@ pub struct Deployment {
 impl Deployment {
     /// `Succeeded`, `Degraded` (some backends down) or `Unhealthy` (none available).
     pub fn state(&self) -> &'static str {
-        let up = self
-            .upstream
-            .backends
-            .iter()
-            .filter(|b| b.is_available())
-            .count();
-        if up == 0 {
-            "Unhealthy"
-        } else if up < self.upstream.backends.len() {
-            "Degraded"
-        } else {
-            "Succeeded"
-        }
+        self.upstream.state()
     }
 }
 

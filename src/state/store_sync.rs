@@ -104,6 +104,13 @@ impl Shared {
             config_path: config.file.clone(),
             bound: std::sync::OnceLock::new(),
         });
+        shared
+            .metrics
+            .registry
+            .register(Box::new(super::backend_metrics::BackendCollector::new(
+                Arc::downgrade(&shared),
+            )))
+            .expect("backend metric names are unique");
         if let Some(redis) = shared.store.redis() {
             if opened.from_cache {
                 shared.store_ready.store(true, Ordering::Relaxed);
