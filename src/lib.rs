@@ -26,6 +26,7 @@ pub mod files;
 pub mod gateway;
 pub mod limit;
 pub mod metrics;
+pub mod mirror;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;

@@ -32,6 +32,7 @@ use crate::auth::AuthOutcome;
 use crate::client::{ClientIdentity, ConnIdentity};
 use crate::error::{GatewayError, Overload};
 use crate::metrics::Code;
+use crate::mirror::Tee;
 use crate::proxy::body::Leftover;
 use crate::proxy::headers::{self, AZUREML_MODEL_DEPLOYMENT, ForwardedFor, X_MS_CLIENT_REQUEST_ID};
 use crate::proxy::pool::PooledBody;
@@ -43,7 +44,7 @@ use record::{Observed, Record};
 use respond::Refused;
 
 /// What the client gets: the backend's streamed body, or a body the gateway made, observed.
-pub type RespBody = Observed<Either<PooledBody, Full<Bytes>>>;
+pub type RespBody = Observed<Either<Tee<PooledBody>, Full<Bytes>>>;
 
 /// hyper's service entry point.
 pub async fn handle(
@@ -83,6 +84,8 @@ pub async fn handle(
             parts
                 .headers
                 .insert(AZUREML_MODEL_DEPLOYMENT, dep.header.clone());
+            // Mirror: drawn for an unpinned score request; the copy's headers are taken now.
+            let mirror = deploy::mirror_draw(&svc, chosen, target, &parts);
             let sent_at = Instant::now();
             let forwarded = Box::pin(proxy::forward(
                 &dep.upstream,
@@ -91,12 +94,21 @@ pub async fn handle(
                 parts,
                 body,
                 &mut rec.backend,
+                mirror.as_ref().map(deploy::MirrorPlan::max_body),
             ));
             match forwarded.await {
                 Ok(f) => {
-                    rec.backend_elapsed = Some(sent_at.elapsed());
+                    let took = sent_at.elapsed();
+                    rec.backend_elapsed = Some(took);
                     rec.slot = Some(f.slot);
-                    (respond::backend(f.response, &rec), Code::Backend)
+                    let response = match mirror {
+                        Some(m) => {
+                            rec.mirrored = true;
+                            m.submit(f.response, f.request_copy, took, &rec.request_id)
+                        }
+                        None => f.response.map(Tee::plain),
+                    };
+                    (respond::backend(response, &rec), Code::Backend)
                 }
                 Err(f) => {
                     let code = Code::Error(f.error.code_index());

@@ -172,6 +172,16 @@ impl Upstream {
         }
     }
 
+    /// Takes a slot now or not at all (a mirrored copy never waits, contract §8): `NoBackend`
+    /// when none is available, `QueueFull` when every available one is at `limit`.
+    pub fn try_acquire(&self, limit: usize) -> Result<InFlight, Refusal> {
+        match self.attempt(None, limit) {
+            Attempt::Slot(s) => Ok(s),
+            Attempt::Full => Err(Refusal::QueueFull),
+            Attempt::NoBackend => Err(Refusal::NoBackend),
+        }
+    }
+
     /// Takes a slot on an available backend (not `skip`), waiting until `wait_until` when all
     /// are at `limit` (0: no limit). Refuses at once when no backend is available or the wait
     /// queue is full. Cancel-safe: dropping the future leaves no count behind.

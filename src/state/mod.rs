@@ -45,6 +45,8 @@ pub struct Service {
     pub deployments: Vec<Deployment>,
     /// The live split and mirror in force (the config's, or the admin API's).
     pub routing: Routing,
+    /// The mirror deployment's copy engine, when the split has a mirror.
+    pub mirror: Option<Arc<crate::mirror::Mirror>>,
     pub metrics: ServiceMetrics,
     /// `[[service.rate_limit]]`: the policies and the buckets behind them.
     pub limits: crate::limit::ServiceLimits,
@@ -144,7 +146,12 @@ pub struct Built {
     backends: Vec<(Arc<Backend>, ProbeSettings, bool)>,
     new_issuers: Vec<Arc<TrustedIssuer>>,
     limits: crate::limit::Pending,
+    /// The mirror queues the snapshot uses, by (service, deployment).
+    mirrors: MirrorQueues,
 }
+
+/// Mirror queues by (service, mirror deployment).
+type MirrorQueues = HashMap<(String, String), Arc<crate::mirror::Queue>>;
 
 /// What a failed admin write reports.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +188,9 @@ pub struct Shared {
     backends: Mutex<HashMap<String, Weak<Backend>>>,
     /// Rate-limit buckets by policy, shared by every snapshot that keeps the policy.
     pub limits: crate::limit::Registry,
+    /// Mirror queues in force, shared by every snapshot that keeps the mirror; one that a new
+    /// snapshot drops is cancelled when it is published.
+    mirrors: Mutex<MirrorQueues>,
     /// Serialises everything that writes the store: reloads and admin writes.
     pub writes: tokio::sync::Mutex<()>,
     /// False until started, and again while draining (`/readyz`).
@@ -246,6 +256,8 @@ impl Shared {
         let mut backends: Vec<(Arc<Backend>, ProbeSettings, bool)> = Vec::new();
         let mut services = HashMap::with_capacity(config.services.len());
         let mut limits = crate::limit::Pending::default();
+        let mirrors = self.mirrors.lock().unwrap().clone();
+        let mut mirrors_used = HashMap::new();
         for sc in &config.services {
             let auth = match sc.auth {
                 AuthMode::None => ServiceAuth::None,
@@ -332,7 +344,7 @@ impl Shared {
                         max_wait: d.max_request_wait_time,
                         body_idle: config.limits.body_idle_timeout,
                     },
-                    upstream: Upstream::new(ups, d.backend_protocol),
+                    upstream: Arc::new(Upstream::new(ups, d.backend_protocol)),
                     pinnable: d.pinnable,
                     name: d.name,
                 });
@@ -345,14 +357,34 @@ impl Shared {
                 rec.and_then(|r| r.mirror_traffic.as_ref()),
             )
             .unwrap_or_else(|_| (sc.traffic.clone(), sc.mirror_traffic.clone()));
+            let routing = Routing::new(&names, &traffic, &mirror);
+            let mirror = routing.mirror.map(|(i, _)| {
+                let d: &Deployment = &deployments[i];
+                let key = (sc.name.clone(), d.name.clone());
+                let queue = match mirrors.get(&key) {
+                    Some(q) if q.fits(sc.mirror.max_in_flight) => q.clone(),
+                    _ => crate::mirror::Queue::new(sc.mirror.max_in_flight),
+                };
+                mirrors_used.insert(key, queue.clone());
+                Arc::new(crate::mirror::Mirror::new(
+                    &sc.name,
+                    &d.name,
+                    d.upstream.clone(),
+                    d.forward.clone(),
+                    sc.mirror.clone(),
+                    queue,
+                    self.metrics.for_mirror(&sc.name, &d.name),
+                ))
+            });
             let svc = Service {
+                mirror,
                 config: sc.clone(),
                 auth,
                 policy: AddressPolicy {
                     allow: sc.allow.clone(),
                     deny: sc.deny.clone(),
                 },
-                routing: Routing::new(&names, &traffic, &mirror),
+                routing,
                 deployments,
                 metrics: self.metrics.for_service(&sc.name, &names),
                 limits: self.limits.build(sc, &mut limits),
@@ -379,6 +411,7 @@ impl Shared {
             backends,
             new_issuers,
             limits,
+            mirrors: mirrors_used,
         })
     }
 
@@ -393,6 +426,7 @@ impl Shared {
             backends,
             new_issuers,
             limits,
+            mirrors,
         } = built;
         {
             let mut ring = BTreeMap::new();
@@ -420,8 +454,27 @@ impl Shared {
             i.start_refresh();
         }
         self.limits.publish(limits);
+        {
+            let mut old = self.mirrors.lock().unwrap();
+            for (key, q) in old.iter() {
+                if mirrors.get(key).is_none_or(|n| !Arc::ptr_eq(n, q)) {
+                    q.cancel();
+                }
+            }
+            *old = mirrors;
+        }
         *self.state.lock().unwrap() = state;
         self.snapshot.store(Arc::new(snapshot));
+    }
+}
+
+impl Shared {
+    /// Cancels every mirrored copy not yet sent (the drain: copies are neither waited for nor
+    /// counted in flight).
+    pub fn cancel_mirrors(&self) {
+        for q in self.mirrors.lock().unwrap().values() {
+            q.cancel();
+        }
     }
 }
 

@@ -14,7 +14,8 @@ pub struct Deployment {
     pub name: String,
     /// The name as the `azureml-model-deployment` header value.
     pub header: HeaderValue,
-    pub upstream: Upstream,
+    /// Shared with the service's mirror when this deployment is the mirror.
+    pub upstream: std::sync::Arc<Upstream>,
     pub forward: ForwardSettings,
     /// Whether `azureml-model-deployment` may name it.
     pub pinnable: bool,

@@ -95,6 +95,7 @@ impl Shared {
             metrics,
             backends: std::sync::Mutex::default(),
             limits,
+            mirrors: std::sync::Mutex::default(),
             writes: tokio::sync::Mutex::new(()),
             ready: Default::default(),
             store_ready: std::sync::atomic::AtomicBool::new(true),
