@@ -2,46 +2,44 @@
 #
 #   docker build -t scoregate .
 #
+#   OUT=deploy/docker/certs ./certs-example/make-certs.sh scoring.example.com
+#   sudo chown 10001:10001 deploy/docker/certs/key.pem
 #   docker run -d --name scoregate \
 #     -p 8443:8443 \
-#     -v "$PWD/deploy/etc:/etc/scoregate:ro" \
+#     -v "$PWD/deploy/docker:/etc/scoregate:ro" \
 #     -v scoregate-state:/var/lib/scoregate \
 #     scoregate
 #
+# deploy/docker/ has the config for this image (scoregate.toml) and compose.yml, which runs the
+# gateway beside the Azure ML inference server (README, "Docker").
+#
 # /etc/scoregate holds scoregate.toml and the certificate files it names (mount it read-only);
-# /var/lib/scoregate holds the state (key store, token signing keys, service ids) and must
-# survive restarts, or every client's key changes. A config for the container:
+# SCOREGATE_CONFIG points at the file, so `serve`, `check` and the admin commands find it
+# without --config. /var/lib/scoregate holds the state (key store, token signing keys, service
+# ids) and the admin token, and must survive restarts, or every client's key changes: point
+# `[state] dir` and `[admin] token_file` there.
 #
-#   [listen]
-#   address = "0.0.0.0:8443"
-#   [[tls.certificates]]
-#   cname = "scoring.example.com"
-#   cert  = "fullchain.pem"                         # relative to the config: /etc/scoregate/
-#   key   = "key.pem"
-#   [admin]
-#   address    = "127.0.0.1:9090"                   # see the note on the admin API below
-#   token_file = "/var/lib/scoregate/admin-token"   # writable: generated (0600) when missing
-#   [state]
-#   dir = "/var/lib/scoregate"
+# The files in /etc/scoregate must be readable by uid 10001: the key may stay 0600 if that user
+# owns it (`sudo chown 10001:10001 key.pem`). Validate before starting:
 #
-# The files in /etc/scoregate must be readable by uid 10001 (the key may stay 0600 if that user
-# owns it: `chown 10001 key.pem`). Validate before starting:
-#
-#   docker run --rm -v "$PWD/deploy/etc:/etc/scoregate:ro" scoregate check --config /etc/scoregate/scoregate.toml
+#   docker run --rm -v "$PWD/deploy/docker:/etc/scoregate:ro" scoregate check
 #
 # Admin commands run inside the container, where the admin API's loopback address is reachable:
 #
-#   docker exec scoregate scoregate keys list iris --config /etc/scoregate/scoregate.toml
+#   docker exec scoregate scoregate keys list iris
 #
 # The admin API binds loopback (127.0.0.1:9090) by default, so it is not reachable through a
 # published port. Set `[admin] address = "0.0.0.0:9090"` (and publish or expose 9090) only on a
 # private network: /metrics, /healthz and /readyz need no token, and anyone holding the admin
 # token can read and replace service keys. Port 9090 is EXPOSEd for that case only.
 #
+# HEALTHCHECK runs `scoregate healthcheck --ready` in the container: the admin API's /readyz
+# (200 once config, certificates and state are loaded; 503 while draining).
+#
 # docker stop sends SIGTERM: scoregate stops accepting, lets in-flight requests finish (at most
-# [server] drain_timeout, 25 s by default, under docker's default 10 s grace unless you pass
-# `docker stop -t 30`), then exits 0. `docker kill -s HUP scoregate` reloads config and
-# certificates.
+# [server] drain_timeout, 25 s by default, more than docker's default 10 s grace: use
+# `docker stop -t 30`), then exits 0. `docker kill -s HUP scoregate` (or
+# `docker exec scoregate scoregate reload`) reloads config and certificates.
 
 # ---- build ---------------------------------------------------------------------------------
 FROM rust:1-bookworm AS build
@@ -86,9 +84,14 @@ COPY --from=build /usr/local/bin/scoregate /usr/local/bin/scoregate
 
 VOLUME ["/etc/scoregate", "/var/lib/scoregate"]
 WORKDIR /var/lib/scoregate
+# Every command that takes --config (serve, check, keys, reload, healthcheck, ...) reads this.
+ENV SCOREGATE_CONFIG=/etc/scoregate/scoregate.toml
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
 EXPOSE 8443 9090
 
+HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["scoregate", "healthcheck", "--ready"]
+
 ENTRYPOINT ["scoregate"]
-CMD ["serve", "--config", "/etc/scoregate/scoregate.toml"]
+CMD ["serve"]

@@ -1,11 +1,12 @@
 //! `scoregate demo`: a complete local setup with no files needed — a throwaway CA and `localhost`
 //! certificate in a temp dir, the built-in sample model, the gateway on 127.0.0.1:8443 — and a
-//! curl command that works when pasted.
+//! curl command and CLI commands (`keys list`, `invoke`) that work when pasted.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::config::{AuthMode, CertificateConfig, Config, ServiceConfig};
+use crate::server::announce::{program, shell_word};
 
 pub struct DemoOptions {
     pub listen: SocketAddr,
@@ -58,6 +59,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let keys = server.shared.keys("iris")?;
     let port = server.addrs[0].port();
     let uri = format!("https://localhost:{port}/api/v1/service/iris/score");
+    let word = |p: &std::path::Path| shell_word(&p.display().to_string());
+    let ca = word(&certs.ca);
+    let admin_flags = format!(
+        "--admin http://{} --admin-token-file {}",
+        server.admin_addr,
+        word(&server.shared.snapshot().config.admin.token_file)
+    );
+    let program = shell_word(&program());
     println!(
         r#"
 scoregate demo is running (Ctrl-C to stop)
@@ -76,12 +85,17 @@ Score two flowers:
     -H "Content-Type: application/json" \
     -d '{{"data": [[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]]}}' \
     {uri}
+
+Or with the CLI (the keys, then a scoring call that fetches a key itself):
+
+  {program} keys list iris {admin_flags}
+  {program} invoke iris {admin_flags} --ca {ca} \
+    --data '{{"data": [[5.1, 3.5, 1.4, 0.2]]}}'
 "#,
         primary = keys.primary.expose(),
         secondary = keys.secondary.expose(),
-        ca = certs.ca.display(),
         admin = server.admin_addr,
-        token = dir.join("state").join("admin-token").display(),
+        token = word(&server.shared.snapshot().config.admin.token_file),
     );
     crate::signals::wait_for_stop().await;
     println!("stopping...");

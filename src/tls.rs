@@ -67,6 +67,19 @@ impl CertStore {
     }
 }
 
+/// One INFO line per certificate entry: which leaf is served (serial) and until when, so that an
+/// operator sees in the log that a renewal took effect.
+pub fn log_certificates(store: &CertStore, what: &str) {
+    for c in &store.certs {
+        tracing::info!(
+            cname = %c.cname,
+            serial = %c.serial,
+            not_after = %humantime::format_rfc3339_seconds(c.not_after),
+            "{what}"
+        );
+    }
+}
+
 /// `*.example.com` matches exactly one label in front of `example.com` (RFC 6125 §6.4.3).
 fn wildcard_match(pattern: &str, name: &str) -> bool {
     let Some(suffix) = pattern.strip_prefix("*.") else {

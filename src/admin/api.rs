@@ -142,6 +142,8 @@ async fn api(
         }
         (&Method::POST, ["services", name, "token"]) => issue_token(shared, &snap, name, &body),
         (&Method::PUT, ["services", name, "traffic"]) => set_traffic(shared, name, &body).await,
+        // The effective config (start-time settings as running), secrets redacted: `nginx -T`.
+        (&Method::GET, ["config"]) => Ok(json(StatusCode::OK, &snap.config.redacted_json())),
         (&Method::GET, ["replicas"]) => Ok(json(
             StatusCode::OK,
             &serde_json::to_value(match shared.store.redis() {
@@ -180,6 +182,7 @@ async fn api(
                 "listKeys" | "regenerateKeys" | "token" | "traffic",
             ]
             | ["reload"]
+            | ["config"]
             | ["replicas"],
         ) => Err(AdminError::method_not_allowed()),
         _ => Err(AdminError::not_found()),

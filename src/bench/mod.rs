@@ -79,6 +79,7 @@ pub struct BenchArgs {
     /// (default: start a built-in backend and gateway and drive those).
     #[arg(long, value_name = "URL")]
     pub target: Option<String>,
+    /// What to measure.
     #[arg(long, value_enum, default_value_t = Mode::Keepalive)]
     pub mode: Mode,
     /// Auth mode of the built-in gateway's service (with --target: taken from --key/--token-file).
@@ -191,7 +192,7 @@ pub enum AuthKind {
     Token,
 }
 
-/// Runs a benchmark and prints its report (table or JSON) on stdout.
+/// Runs a benchmark and prints its report (table or JSON) on stdout; fails when requests failed.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.duration.is_zero() && args.mode != Mode::Idle {
         bail!("--duration must be more than 0s");
@@ -221,6 +222,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report.json())?);
     } else {
         report.print();
+    }
+    // A run with failed requests measured something other than what was asked: not a success
+    // for a script (or CI) that runs it.
+    let e = &report.stats.errors;
+    if e.total() > 0 {
+        let mut msg = format!(
+            "{} request{} or connection{} failed ({})",
+            e.total(),
+            if e.total() == 1 { "" } else { "s" },
+            if e.total() == 1 { "" } else { "s" },
+            e.summary()
+        );
+        if let Some(h) = e.hint() {
+            msg.push_str("; ");
+            msg.push_str(h);
+        }
+        bail!(msg);
     }
     Ok(())
 }

@@ -282,6 +282,9 @@ impl Report {
             for (k, m) in &e.first {
                 println!("  first {k} error: {m}");
             }
+            if let Some(h) = e.hint() {
+                println!("Hint: {h}.");
+            }
         }
         for n in &self.notes {
             println!("Note: {n}");

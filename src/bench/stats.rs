@@ -126,6 +126,17 @@ impl Errors {
         }
     }
 
+    /// What to do about the failures, when the first TLS error says it: a certificate signed by
+    /// a CA the load generator does not trust (a private CA, `make-certs.sh`, the demo's).
+    pub(super) fn hint(&self) -> Option<&'static str> {
+        self.first
+            .get("tls")
+            .filter(|m| m.contains("UnknownIssuer"))
+            .map(|_| {
+                "the gateway's certificate is signed by a CA this client does not trust: pass --ca FILE (the CA certificate), or --insecure to skip verification"
+            })
+    }
+
     pub(super) fn summary(&self) -> String {
         let mut parts = vec![];
         for (name, n) in [
@@ -199,5 +210,12 @@ mod tests {
         assert_eq!(e.total(), 3);
         assert_eq!(e.summary(), "tls 1, status 401: 2");
         assert_eq!(e.first["tls"], "bad cert");
+        assert_eq!(e.hint(), None);
+        let mut u = Errors::default();
+        u.add(&Failure::new(
+            Kind::Tls,
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        assert!(u.hint().unwrap().contains("--ca"));
     }
 }

@@ -1,6 +1,7 @@
 //! Configuration in two layers: the TOML as written (`raw`, serde structs that deny unknown keys)
 //! and the checked, typed values the gateway runs on (`types`), built by `validate`. Every
-//! default is a named constant with its reason (`defaults`).
+//! default is a named constant with its reason (`defaults`). `view` shows the typed config as
+//! JSON, secrets redacted, for operators.
 //!
 //! Loading never half-succeeds: `Config::load` returns a complete, validated config or an error
 //! listing every problem found, each naming the file, the key and what is wrong.
@@ -15,6 +16,7 @@ pub mod store;
 mod tests;
 pub mod types;
 pub mod validate;
+pub mod view;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -92,6 +94,11 @@ impl Config {
                 problems: v.problems,
             })
         }
+    }
+
+    /// The effective config as JSON, every secret redacted (`view`): `GET /v1/config`.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("the config serializes")
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {

@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
+
 use super::raw::RawRateLimit;
 use super::types::AuthMode;
 use super::validate::Validator;
 
 /// What a policy counts by: which bucket a request takes its token from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RateLimitBy {
     /// One bucket per client address (IPv6 by /64).
     Client,
@@ -29,13 +32,14 @@ impl RateLimitBy {
 }
 
 /// One policy: a token bucket refilled at `requests` per `per`, `burst` deep.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RateLimitConfig {
     /// Unique within the service; the name in headers and metrics.
     pub name: String,
     pub by: RateLimitBy,
     pub requests: u64,
     /// Whole seconds, at least 1 s.
+    #[serde(serialize_with = "super::view::duration")]
     pub per: Duration,
     pub burst: u64,
 }

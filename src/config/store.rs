@@ -8,15 +8,8 @@ use super::defaults::*;
 use super::raw::{RawRedis, RawState};
 use super::types::{RedisConfig, StoreConfig};
 use super::validate::Validator;
+pub use super::view::display_url;
 use crate::crypto::Secret;
-
-/// The URL without `user:password@`, for logs, `check` and the cache's `source`.
-pub fn display_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}{}", &url[..s + 3], &url[at + 1..]),
-        _ => url.to_string(),
-    }
-}
 
 /// The first problem with a Redis URL, in words that never repeat it (it may hold a password).
 fn url_problem(url: &str) -> Option<&'static str> {

@@ -1,17 +1,21 @@
 //! The checked, typed config: what the gateway runs on. Built from the TOML by `validate`;
-//! compared field by field (`PartialEq`) by reload to tell what changed. Key material is held in
-//! `Secret`, so `Debug` never prints it.
+//! compared field by field (`PartialEq`) by reload to tell what changed; serialized for
+//! `GET /v1/config` (`view`). Key material is held in `Secret`, so `Debug` never prints it, and
+//! `Secret` has no `Serialize`: each secret field names `view::redacted`, so the JSON view
+//! cannot show one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::Serialize;
 
 use super::defaults::*;
+use super::view;
 use crate::crypto::Secret;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     /// The file this came from (absolute), or a label for configs built in code (demo, tests).
     pub source: PathBuf,
@@ -31,52 +35,60 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ListenConfig {
     pub addresses: Vec<SocketAddr>,
     pub public_url: Option<String>,
+    #[serde(serialize_with = "view::display_list")]
     pub allow: Vec<IpNet>,
+    #[serde(serialize_with = "view::display_list")]
     pub deny: Vec<IpNet>,
+    #[serde(serialize_with = "view::display_list")]
     pub trusted_proxies: Vec<IpNet>,
     pub proxy_protocol: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TlsConfig {
     pub certificates: Vec<CertificateConfig>,
     pub strict: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CertificateConfig {
     pub cname: String,
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AdminConfig {
     pub address: SocketAddr,
     pub token_file: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServerSettings {
+    #[serde(serialize_with = "view::duration")]
     pub drain_timeout: Duration,
     pub watch: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Limits {
+    #[serde(serialize_with = "view::duration")]
     pub header_read_timeout: Duration,
     pub max_header_size: usize,
     pub max_headers: usize,
+    #[serde(serialize_with = "view::duration")]
     pub idle_timeout: Duration,
+    #[serde(serialize_with = "view::duration")]
     pub tls_handshake_timeout: Duration,
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
     pub max_in_flight: usize,
     pub max_connections_per_client: usize,
+    #[serde(serialize_with = "view::duration")]
     pub body_idle_timeout: Duration,
 }
 
@@ -97,19 +109,20 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LogConfig {
     pub format: LogFormat,
     pub access: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum TokenAlgorithm {
     ES256,
     RS256,
@@ -134,16 +147,19 @@ impl TokenAlgorithm {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TokensConfig {
     pub algorithm: TokenAlgorithm,
+    #[serde(serialize_with = "view::duration")]
     pub lifetime: Duration,
+    #[serde(serialize_with = "view::duration")]
     pub refresh_after: Duration,
+    #[serde(serialize_with = "view::duration")]
     pub leeway: Duration,
     pub trusted_issuers: Vec<TrustedIssuerConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrustedIssuerConfig {
     pub issuer: String,
     pub audience: String,
@@ -151,16 +167,19 @@ pub struct TrustedIssuerConfig {
     pub jwks: JwksSource,
     /// Tokens whose `exp` lies further ahead than this (from now, or from their `iat`) are
     /// refused, so that a token minted for year 9999 is not accepted (and cached) forever.
+    #[serde(serialize_with = "view::duration")]
     pub max_token_lifetime: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum JwksSource {
     File(PathBuf),
-    Url(String),
+    Url(#[serde(serialize_with = "view::without_credentials")] String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     None,
     Key,
@@ -177,27 +196,35 @@ impl AuthMode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BackendProtocol {
     Http1,
     H2c,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceConfig {
     pub name: String,
     pub auth: AuthMode,
+    #[serde(serialize_with = "view::display_list")]
     pub backends: Vec<http::Uri>,
     pub backend_protocol: BackendProtocol,
     pub score_path: String,
+    #[serde(serialize_with = "view::duration")]
     pub scoring_timeout: Duration,
     pub max_body: u64,
     pub max_concurrent_requests_per_backend: usize,
+    #[serde(serialize_with = "view::duration")]
     pub max_request_wait_time: Duration,
+    #[serde(serialize_with = "view::display_list")]
     pub allow: Vec<IpNet>,
+    #[serde(serialize_with = "view::display_list")]
     pub deny: Vec<IpNet>,
     pub trusted_issuers: Option<Vec<String>>,
+    #[serde(serialize_with = "view::redacted_option")]
     pub primary_key: Option<Secret>,
+    #[serde(serialize_with = "view::redacted_option")]
     pub secondary_key: Option<Secret>,
     pub health: HealthConfig,
     /// `[[service.rate_limit]]`, in config order.
@@ -234,14 +261,17 @@ pub fn traffic_string(t: &Traffic) -> String {
 
 /// One `[[service.deployment]]` as written: what it sets, each unset key taking the service's
 /// value (`ServiceConfig::resolved_deployments`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeploymentConfig {
     pub name: String,
+    #[serde(serialize_with = "view::display_list")]
     pub backends: Vec<http::Uri>,
     pub backend_protocol: Option<BackendProtocol>,
     pub score_path: Option<String>,
+    #[serde(serialize_with = "view::duration_option")]
     pub scoring_timeout: Option<Duration>,
     pub max_concurrent_requests_per_backend: Option<usize>,
+    #[serde(serialize_with = "view::duration_option")]
     pub max_request_wait_time: Option<Duration>,
     pub health: HealthOverrides,
     pub pinnable: bool,
@@ -265,13 +295,16 @@ impl DeploymentConfig {
 }
 
 /// `[service.deployment.health]`: the keys a deployment sets over the service's health check.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct HealthOverrides {
     pub path: Option<String>,
+    #[serde(serialize_with = "view::duration_option")]
     pub period: Option<Duration>,
+    #[serde(serialize_with = "view::duration_option")]
     pub timeout: Option<Duration>,
     pub failure_threshold: Option<u32>,
     pub success_threshold: Option<u32>,
+    #[serde(serialize_with = "view::duration_option")]
     pub initial_delay: Option<Duration>,
 }
 
@@ -305,7 +338,7 @@ pub struct ResolvedDeployment {
 }
 
 /// The `mirror_*` keys of a service (contract §8).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MirrorConfig {
     /// A request body over this is not copied (`skipped_too_large`); a response over it is not
     /// compared (`unchecked_too_large`).
@@ -332,13 +365,16 @@ impl Default for MirrorConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthConfig {
     pub path: String,
+    #[serde(serialize_with = "view::duration")]
     pub period: Duration,
+    #[serde(serialize_with = "view::duration")]
     pub timeout: Duration,
     pub failure_threshold: u32,
     pub success_threshold: u32,
+    #[serde(serialize_with = "view::duration")]
     pub initial_delay: Duration,
 }
 
@@ -500,29 +536,37 @@ impl Config {
 }
 
 /// `[state] store`: the file store in `state.dir` (one process), or Redis (a fleet).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "store", rename_all = "lowercase")]
 pub enum StoreConfig {
     File,
     Redis(Box<RedisConfig>),
 }
 
 /// `[state.redis]` (contract §6).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RedisConfig {
     /// The whole URL, credentials included (never printed).
+    #[serde(serialize_with = "view::redacted")]
     pub url: Secret,
     /// The URL without credentials, for logs, `check` and the cache's `source`.
     pub display_url: String,
     pub prefix: String,
     /// The 32-byte sealing key (raw or base64), from `secret_key_file`.
+    #[serde(serialize_with = "view::redacted_option")]
     pub secret_key: Option<Secret>,
+    #[serde(serialize_with = "view::redacted_option")]
     pub previous_secret_key: Option<Secret>,
     pub allow_plaintext_secrets: bool,
     pub ca_file: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    #[serde(serialize_with = "view::duration")]
     pub timeout: Duration,
+    #[serde(serialize_with = "view::duration")]
     pub resync: Duration,
+    #[serde(serialize_with = "view::duration")]
     pub max_staleness: Duration,
+    #[serde(serialize_with = "view::duration")]
     pub rate_limit_timeout: Duration,
 }

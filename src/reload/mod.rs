@@ -66,6 +66,12 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
         Ok(r) => {
             shared.metrics.reloads.with_label_values(&["ok"]).inc();
             tracing::info!(changed = ?r.changed, restart_required = ?r.restart_required, "reloaded");
+            if !r.restart_required.is_empty() {
+                tracing::warn!(
+                    restart_required = ?r.restart_required,
+                    "reloaded, but these settings take effect only at start: their running values stay until a restart"
+                );
+            }
         }
         Err(e) => {
             shared.metrics.reloads.with_label_values(&["error"]).inc();
@@ -128,6 +134,9 @@ async fn apply(shared: &Arc<Shared>, path: PathBuf) -> Result<ReloadReport, Relo
     // certificates, which nothing after can fail.
     shared.apply_config(config, issuers, false).await?;
     publish_cert_metrics(&shared.metrics, &certs);
+    if certs_changed {
+        crate::tls::log_certificates(&certs, "certificate reloaded");
+    }
     shared.certs.publish(certs);
     for (name, deployments) in removed {
         let d: Vec<&str> = deployments.iter().map(String::as_str).collect();

@@ -1,6 +1,8 @@
 //! Accepting connections: the listener policy and the connection cap at accept, then the PROXY
 //! v2 header (from trusted proxies) and the TLS handshake, under `tls_handshake_timeout`. An
-//! established connection goes on to `http`.
+//! established connection goes on to `http`. A connection whose first byte (after the PROXY
+//! header) is not a TLS handshake record is plain HTTP sent to the HTTPS port: it gets a 400 that
+//! says to use https, and is closed.
 
 use std::collections::HashMap;
 use std::io;
@@ -27,6 +29,14 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const PRESSURE_FREE_SHARE: usize = 10;
 /// ...at most this often.
 const PRESSURE_EVERY: Duration = Duration::from_millis(100);
+
+/// The first byte a TLS client sends: the content type of a handshake record (RFC 8446 §5.1).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// After answering plain HTTP, how long the rest of the request is read before the close (a
+/// close with unread bytes resets the connection, and the client may lose the answer)...
+const PLAIN_HTTP_LINGER: Duration = Duration::from_secs(1);
+/// ...and at most how much of it.
+const PLAIN_HTTP_DRAIN: usize = 64 * 1024;
 
 /// Open connections by client address, capped per address.
 pub(super) struct PerClient {
@@ -67,6 +77,41 @@ impl Drop for ClientSlot {
             }
         }
     }
+}
+
+/// The connection's next byte, without consuming it; `None` at end of stream.
+async fn first_byte(tcp: &TcpStream) -> io::Result<Option<u8>> {
+    let mut b = [0u8; 1];
+    Ok(match tcp.peek(&mut b).await? {
+        0 => None,
+        _ => Some(b[0]),
+    })
+}
+
+/// Answers a plain-HTTP request on the TLS port with a 400 in the contract's error shape, then
+/// closes the connection.
+async fn refuse_plain_http(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = r#"{"error":{"code":"BadRequest","message":"This port speaks HTTPS, and a plain HTTP request was sent to it. Use https:// in the URL."}}"#;
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-ms-request-id: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len(),
+        uuid::Uuid::new_v4()
+    );
+    if tcp.write_all(answer.as_bytes()).await.is_err() || tcp.shutdown().await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(PLAIN_HTTP_LINGER, async {
+        let mut sink = [0u8; 4096];
+        let mut read = 0;
+        while read < PLAIN_HTTP_DRAIN {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
 }
 
 fn refuse(metrics: &Metrics, reason: &str) {
@@ -230,6 +275,19 @@ async fn handshake(
                 return None;
             }
         }
+    }
+    // Plain HTTP sent to this port (`http://` instead of `https://`) gets an answer that says
+    // so, as nginx gives, instead of a failed handshake the client reports as garbage.
+    if let Ok(Some(first)) = first_byte(&tcp).await
+        && first != TLS_HANDSHAKE_RECORD
+    {
+        metrics
+            .tls_handshake_failures
+            .with_label_values(&["plain_http"])
+            .inc();
+        tracing::debug!(%peer, "plain HTTP on the TLS port: answered 400");
+        refuse_plain_http(tcp).await;
+        return None;
     }
     match front.acceptor.accept(tcp).await {
         Ok(tls) => {

@@ -8,7 +8,8 @@
 //! `accept` owns the listeners and each connection up to an established TLS stream; `http`
 //! serves HTTP on it; `timers` holds the per-connection timers (header read, idle, send). This
 //! module starts and stops the whole: `start` binds the listeners and builds the state, `run`
-//! serves until a stop signal (reloading on SIGHUP), and `Server::shutdown` drains.
+//! serves until a stop signal (reloading on SIGHUP), and `Server::shutdown` drains. `announce`
+//! logs what a start serves (and how to get its credentials); `pid_file` is `--pid-file`.
 //!
 //! Limits, all from `[limits]`:
 //! - `tls_handshake_timeout` bounds the PROXY header and the TLS handshake together.
@@ -49,7 +50,9 @@
 //! are closed. The admin listener stops last, so `/readyz` answers 503 throughout the drain.
 
 mod accept;
+pub mod announce;
 mod http;
+mod pid_file;
 mod timers;
 
 use std::net::SocketAddr;
@@ -218,8 +221,16 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     })
 }
 
+/// What `scoregate serve` adds to a start.
+#[derive(Debug, Default, Clone)]
+pub struct ServeOptions {
+    /// Written once the listeners are bound, removed on a clean exit.
+    pub pid_file: Option<std::path::PathBuf>,
+}
+
 /// `scoregate serve`: runs until SIGTERM/SIGINT, reloading on SIGHUP, then drains.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
+    announce::starting(&config);
     let mut signals = crate::signals::Signals::install()?;
     // A replica waiting for its shared store can still be stopped.
     let server = tokio::select! {
@@ -227,6 +238,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         () = signals.recv_stop() => return Ok(()),
     };
     let shared = server.shared.clone();
+    announce::served(&shared);
+    // Dropped (the file removed) when `run` returns, after the drain.
+    let _pid_file = match &opts.pid_file {
+        Some(path) => {
+            let path = path.clone();
+            match tokio::task::spawn_blocking(move || pid_file::PidFile::write(&path))
+                .await
+                .expect("writing the PID file does not panic")
+            {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    server.shutdown(Duration::ZERO).await;
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
     if let Some(mut hup) = signals.hangup.take() {
         let s = shared.clone();
         tokio::spawn(async move {
