@@ -514,3 +514,63 @@ async fn states_follow_the_live_deployments() {
     assert_eq!(v["state"], "Unhealthy");
     gw.stop().await;
 }
+
+fn traffic_cli(gw: &Gw, args: &[&str]) -> (bool, Value, String) {
+    let token_file = gw.server.shared.snapshot().config.admin.token_file.clone();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scoregate"))
+        .arg("traffic")
+        .args(args)
+        .arg("--admin")
+        .arg(format!("http://{}", gw.admin))
+        .arg("--admin-token-file")
+        .arg(token_file)
+        .env_remove("SCOREGATE_ADMIN_TOKEN")
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    (
+        out.status.success(),
+        serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// `scoregate traffic`: shows both maps; sets only what it is given (the split, `--mirror`,
+/// `--mirror none`); a broken rule fails with the admin API's `InvalidTraffic`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_traffic_command_shows_and_sets_the_split_and_the_mirror() {
+    let (blue, green) = (named("blue").await, named("green").await);
+    let pki = Pki::new();
+    let gw = Gw::start(config(&pki, vec![blue_green(&blue, &green, 100, 0)])).await;
+    let (ok, v, err) = traffic_cli(&gw, &["iris"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        v,
+        json!({"traffic": {"blue": 100, "green": 0}, "mirrorTraffic": {}})
+    );
+    let (ok, v, err) = traffic_cli(&gw, &["iris", "blue=40", "green=60"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        v,
+        json!({"traffic": {"blue": 40, "green": 60}, "mirrorTraffic": {}})
+    );
+    let (ok, v, err) = traffic_cli(&gw, &["iris", "--mirror", "green=10", "blue=100"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        v,
+        json!({"traffic": {"blue": 100, "green": 0}, "mirrorTraffic": {"green": 10}})
+    );
+    let (ok, v, _) = traffic_cli(&gw, &["iris", "--mirror", "none"]);
+    assert!(ok);
+    assert_eq!(v["mirrorTraffic"], json!({}));
+    assert_eq!(v["traffic"], json!({"blue": 100, "green": 0}));
+    let (ok, _, err) = traffic_cli(&gw, &["iris", "blue=50"]);
+    assert!(!ok);
+    assert!(
+        err.contains("InvalidTraffic") && err.contains("sum"),
+        "{err}"
+    );
+    let (ok, _, err) = traffic_cli(&gw, &["iris", "blue"]);
+    assert!(!ok && err.contains("DEPLOYMENT=PERCENT"), "{err}");
+    gw.stop().await;
+}
