@@ -574,3 +574,112 @@ async fn the_traffic_command_shows_and_sets_the_split_and_the_mirror() {
     assert!(!ok && err.contains("DEPLOYMENT=PERCENT"), "{err}");
     gw.stop().await;
 }
+
+/// `scoregate demo` serves iris as two deployments with a mirror, and the rollout commands its
+/// banner prints work when pasted: a request pinned to green, the comparison in `/metrics`,
+/// `traffic` shown and changed to a canary split.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_rolls_out_green_as_printed() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scoregate"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut banner: Vec<String> = vec![];
+    while !banner.iter().any(|l| l.contains("blue=100 green=0")) {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => banner.push(l),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no banner ({e}): {banner:?}")
+            }
+        }
+    }
+    let text = banner.join("\n").replace("\\\n", " ");
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not in {text}"))
+            .trim()
+            .to_string()
+    };
+    let sh = |cmd: &str| {
+        let out = Command::new("sh")
+            .args(["-c", cmd])
+            .env_remove("SCOREGATE_CONFIG")
+            .env_remove("SCOREGATE_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // A pinned request goes to green, the candidate.
+    let pinned = line("azureml-model-deployment: green");
+    let out = sh(&pinned.replace("curl ", "curl -s -i "));
+    assert!(out.contains("azureml-model-deployment: green"), "{out}");
+    assert!(out.contains("\"versicolor\""), "{out}");
+    // Live requests are mirrored to green and compared: the retrained model differs.
+    let curl_score = text
+        .split("Score two flowers:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .find(|l| l.trim_start().starts_with("curl"))
+        .unwrap()
+        .trim()
+        .replace("curl ", "curl -s ");
+    for _ in 0..20 {
+        sh(&curl_score);
+    }
+    let metrics_cmd = line("grep scoregate_mirror_");
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = sh(&format!("{metrics_cmd} || true"));
+        if seen.contains("result=\"different_body\"")
+            && !seen.contains("result=\"different_body\",service=\"iris\"} 0")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        seen.contains("scoregate_mirror_requests_total{deployment=\"green\",result=\"different_body\",service=\"iris\"}"),
+        "{seen}"
+    );
+    let shown: Value = serde_json::from_str(&sh(&line(" traffic iris --admin"))).unwrap();
+    assert_eq!(
+        shown,
+        json!({"traffic": {"blue": 100, "green": 0}, "mirrorTraffic": {"green": 50}})
+    );
+    let canary: Value = serde_json::from_str(&sh(&line("blue=90 green=10 --mirror none"))).unwrap();
+    assert_eq!(
+        canary,
+        json!({"traffic": {"blue": 90, "green": 10}, "mirrorTraffic": {}})
+    );
+    let back: Value = serde_json::from_str(&sh(&line("blue=100 green=0"))).unwrap();
+    assert_eq!(back["traffic"], json!({"blue": 100, "green": 0}));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let t = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the demo did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
