@@ -1,20 +1,52 @@
 #!/usr/bin/env bash
 # Instructions per request of the gateway under callgrind (a load-independent cost measure for a
-# noisy, shared machine), with and without a `by = "client"` rate limit (BENCHMARKS.md, "Rate
-# limits"). Needs valgrind, curl, openssl, python3 and a release build:
-#   cargo build --release && bench/instructions-ab.sh [seconds]
-# Prints, per variant, the requests in the window and the instructions per request.
+# noisy, shared machine), for two variants of one binary. Needs valgrind, curl, openssl, python3
+# and a release build:
+#   cargo build --release && bench/instructions-ab.sh [seconds]        # rate limit: none vs one by = "client" policy
+#   AB=store bench/instructions-ab.sh [seconds]                         # file store vs Redis store (needs redis-server)
+#   AB=store AUTH=token bench/instructions-ab.sh [seconds]              # the same with token auth
+# (BENCHMARKS.md, "Rate limits" and "Shared store"). Prints, per variant, the requests in the
+# window and the instructions per request. BIN overrides the binary; KEEP=DIR keeps the
+# callgrind profiles there.
 set -euo pipefail
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/scoregate}
 SECS=${1:-15}
+AB=${AB:-ratelimit}
+AUTH=${AUTH:-key}
+case $AB in
+    ratelimit) variants="none rl" ;;
+    store) variants="file redis"; command -v redis-server >/dev/null || { echo "needs redis-server" >&2; exit 1; } ;;
+    *) echo "AB must be ratelimit or store" >&2; exit 2 ;;
+esac
 DIR=$(mktemp -d /tmp/scoregate-instr.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DIR"' EXIT
+cleanup() {
+    kill $(jobs -p) 2>/dev/null || true
+    [[ -f $DIR/redis.pid ]] && kill "$(cat "$DIR/redis.pid")" 2>/dev/null || true
+    wait 2>/dev/null || true
+    sleep 0.5
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
 cd "$DIR"
+read -r BACKEND_PORT LISTEN_PORT ADMIN_PORT REDIS_PORT <<<"$(python3 - <<'PY'
+import random, socket
+got = []
+while len(got) < 4:
+    p = random.randrange(20000, 32000)
+    try:
+        socket.create_server(("127.0.0.1", p)).close()
+        if p not in got:
+            got.append(p)
+    except OSError:
+        pass
+print(*got)
+PY
+)"
 mkdir certs
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout certs/key.pem \
     -out certs/fullchain.pem -days 2 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost" 2>/dev/null
 cat > backend.py <<'PY'
-import http.server, socketserver
+import http.server, socketserver, sys
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_POST(self):
@@ -25,52 +57,78 @@ class H(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST
     def log_message(self, *a): pass
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer): daemon_threads = True
-S(("127.0.0.1", 15001), H).serve_forever()
+S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
-python3 backend.py &
+python3 backend.py "$BACKEND_PORT" &
+if [[ $AB == store ]]; then
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$DIR" \
+        --daemonize yes --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log"
+    echo "redis://127.0.0.1:$REDIS_PORT/0" > redis-url
+    openssl rand -base64 32 > store-key
+fi
+openssl rand -hex 24 > admin-token
 KEY=bench-primary-0123456789abcdef0123456789abcdef
-for v in none rl; do
-    rl=""
-    [[ $v == rl ]] && rl=$'[[service.rate_limit]]\nby = "client"\nrequests = 1000000\nper = "1s"\nburst = 1000'
+for v in $variants; do
+    extra="" state=""
+    [[ $v == rl ]] && extra=$'[[service.rate_limit]]\nby = "client"\nrequests = 1000000\nper = "1s"\nburst = 1000'
+    [[ $v == redis ]] && state=$'store = "redis"\n[state.redis]\nurl_file = "redis-url"\nprefix = "instr:"\nsecret_key_file = "store-key"'
+    if [[ $AUTH == token ]]; then svc_auth='auth = "token"'; else
+        svc_auth=$'auth = "key"\nprimary_key = "'$KEY$'"\nsecondary_key = "bench-secondary-fedcba9876543210fedcba9876543210"'; fi
     cat > $v.toml <<TOML
 [listen]
-address = "127.0.0.1:18443"
+address = "127.0.0.1:$LISTEN_PORT"
 [[tls.certificates]]
 cname = "localhost"
 cert = "certs/fullchain.pem"
 key = "certs/key.pem"
 [admin]
-address = "127.0.0.1:19090"
+address = "127.0.0.1:$ADMIN_PORT"
 token_file = "admin-token"
 [state]
 dir = "state-$v"
+$state
 [runtime]
 worker_threads = 1
 [log]
 access = false
 [[service]]
 name = "iris"
-auth = "key"
-backends = ["http://127.0.0.1:15001"]
-primary_key = "$KEY"
-secondary_key = "bench-secondary-fedcba9876543210fedcba9876543210"
+$svc_auth
+backends = ["http://127.0.0.1:$BACKEND_PORT"]
 health = { period = "1h" }
-$rl
+$extra
 TOML
     valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.$v" "$BIN" serve --config $v.toml > gw.$v.log 2>&1 &
     vp=$!
-    for _ in $(seq 1 120); do curl -sf http://127.0.0.1:19090/readyz > /dev/null && break; sleep 1; done
-    load="$BIN bench --target https://localhost:18443/api/v1/service/iris/score --insecure --key $KEY --connections 4 --quiet --json"
-    $load --duration 3s > /dev/null 2>&1
-    count() { curl -s http://127.0.0.1:19090/metrics | awk '/^scoregate_requests_total/ {s += $2} END {print s}'; }
+    for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" > /dev/null && break; sleep 1; done
+    if [[ $AUTH == token ]]; then
+        curl -sf -X POST -H "Authorization: Bearer $(cat admin-token)" "http://127.0.0.1:$ADMIN_PORT/v1/services/iris/token" |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["accessToken"])' > cred
+        credarg=(--token-file "$DIR/cred")
+    else
+        credarg=(--key "$KEY")
+    fi
+    load=("$BIN" bench --target "https://localhost:$LISTEN_PORT/api/v1/service/iris/score" --insecure "${credarg[@]}"
+        --connections 4 --quiet --json)
+    "${load[@]}" --duration 3s > /dev/null 2>&1
+    count() { curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^scoregate_requests_total/ {s += $2} END {print s}'; }
+    ok() { curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^scoregate_requests_total.*class="2xx"/ {s += $2} END {print s + 0}'; }
     callgrind_control -z $vp > /dev/null
-    r0=$(count)
-    $load --duration "${SECS}s" > /dev/null 2>&1
-    r1=$(count)
+    r0=$(count) o0=$(ok)
+    "${load[@]}" --duration "${SECS}s" > /dev/null 2>&1
+    r1=$(count) o1=$(ok)
     callgrind_control -d $vp > /dev/null
     sleep 2
     kill -INT $vp; wait $vp 2>/dev/null || true
     ir=$(grep -m1 '^summary:' "$DIR/cg.$v.1" | awk '{print $2}')
-    check=$(callgrind_annotate --inclusive=yes "$DIR/cg.$v.1" 2>/dev/null | awk '/ServiceLimits::check \[/ {gsub(",", "", $1); print $1}')
-    echo "$v: $((r1 - r0)) requests, $((ir / (r1 - r0))) instructions/request (4 handshakes included), limit phase ${check:-0} in all"
+    if [[ $AB == ratelimit ]]; then
+        check=$(callgrind_annotate --inclusive=yes "$DIR/cg.$v.1" 2>/dev/null | awk '/ServiceLimits::check \[/ {gsub(",", "", $1); print $1}')
+        echo "$v: $((r1 - r0)) requests, $((ir / (r1 - r0))) instructions/request (4 handshakes included), limit phase ${check:-0} in all"
+    else
+        # Instructions in the Redis client and the store's own code (exclusive costs, summed).
+        store=$(callgrind_annotate --threshold=100 "$DIR/cg.$v.1" 2>/dev/null |
+            awk '/fred::|redis_protocol::|scoregate::store::|scoregate::state::store_sync/ {gsub(",", "", $1); s += $1} END {print s + 0}')
+        echo "$v ($AUTH auth): $((r1 - r0)) requests ($((o1 - o0)) 2xx), $((ir / (r1 - r0))) instructions/request (4 handshakes included), store and Redis client code $store in all"
+    fi
+    if [[ -n ${KEEP:-} ]]; then cp "$DIR/cg.$v.1" "$KEEP/callgrind.$AB-$AUTH-$v"; fi
 done
