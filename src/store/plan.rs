@@ -453,6 +453,94 @@ mod tests {
         plan_at(cur, c, SystemTime::now())
     }
 
+    fn two(traffic: &[(&str, u8)]) -> ServiceConfig {
+        use crate::config::DeploymentConfig;
+        let d = |n: &str, port: u16| {
+            DeploymentConfig::new(n, vec![format!("http://127.0.0.1:{port}").parse().unwrap()])
+        };
+        svc("iris", AuthMode::None).with_deployments(vec![d("blue", 1), d("green", 2)], traffic)
+    }
+
+    /// A split stored through the admin API, as `Shared::set_traffic` writes it.
+    fn put(st: &StoreState, s: &ServiceConfig, blue: u8, green: u8) -> StoreState {
+        let mut st = st.clone();
+        let rec = st.services.get_mut("iris").unwrap();
+        rec.traffic = Some([("blue".into(), blue), ("green".into(), green)].into());
+        rec.mirror_traffic = Some(Default::default());
+        record_applied(&mut rec.applied, "traffic", traffic_fingerprint(&s.traffic));
+        record_applied(
+            &mut rec.applied,
+            "mirror_traffic",
+            traffic_fingerprint(&s.mirror_traffic),
+        );
+        st
+    }
+
+    #[test]
+    fn a_stored_split_follows_latest_action_wins() {
+        let a = two(&[("blue", 100)]);
+        let st = plan_now(&StoreState::default(), &config(vec![a.clone()]));
+        // Never set through the API: nothing is remembered (no store write for it).
+        assert_eq!(st.services["iris"].traffic, None);
+        assert!(!st.services["iris"].applied.contains_key("traffic"));
+        let st = put(&st, &a, 40, 60);
+        // The same config keeps the stored split.
+        let kept = plan_now(&st, &config(vec![a.clone()]));
+        assert_eq!(kept.services["iris"].traffic, st.services["iris"].traffic);
+        // A changed config value replaces it.
+        let b = two(&[("green", 100)]);
+        let changed = plan_now(&kept, &config(vec![b.clone()]));
+        assert_eq!(changed.services["iris"].traffic, None);
+        assert!(changed.services["iris"].revision > kept.services["iris"].revision);
+        // Back to the first config: a single replica applies it (a rollback of the file)...
+        let st2 = put(&changed, &b, 30, 70);
+        let back = plan_now(&st2, &config(vec![a.clone()]));
+        assert_eq!(back.services["iris"].traffic, None);
+        // ...while with another replica serving the service, the old value is superseded: a
+        // replica still on the old config does not undo the newer one.
+        let others = |_: &str, _| true;
+        let fp = sha256_fingerprint;
+        let ctx = PlanCtx {
+            now: SystemTime::now(),
+            fingerprint: &fp,
+            activation_delay: Duration::ZERO,
+            others_serve: &others,
+        };
+        let (fleet, warnings) = plan(&st2, &config(vec![a.clone()]), &ctx).unwrap();
+        assert_eq!(fleet.services["iris"].traffic, st2.services["iris"].traffic);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+    }
+
+    #[test]
+    fn a_stored_split_that_no_longer_fits_gives_way_to_the_configs() {
+        let a = two(&[("blue", 100)]);
+        let st = plan_now(&StoreState::default(), &config(vec![a.clone()]));
+        let st = put(&st, &a, 0, 100);
+        // green is gone from the config (whose traffic string is unchanged: blue=100,green=0
+        // becomes blue=100, a change anyway); here the stored split names a missing deployment
+        // with a live weight.
+        let mut one = a.clone();
+        one.deployments.truncate(1);
+        one.traffic.remove("green");
+        let mut rec_applied = st.clone();
+        record_applied(
+            &mut rec_applied.services.get_mut("iris").unwrap().applied,
+            "traffic",
+            traffic_fingerprint(&one.traffic),
+        );
+        let (next, warnings) = plan(
+            &rec_applied,
+            &config(vec![one]),
+            &PlanCtx::single(SystemTime::now(), &sha256_fingerprint),
+        )
+        .unwrap();
+        assert_eq!(next.services["iris"].traffic, None);
+        assert!(
+            warnings.iter().any(|w| w.contains("does not fit")),
+            "{warnings:?}"
+        );
+    }
+
     #[test]
     fn keys_are_generated_once_and_kept() {
         let c = config(vec![
