@@ -458,6 +458,36 @@ impl ServiceConfig {
             .collect()
     }
 
+    /// The backends for a log line or `check`: `http://a,http://b`, or per deployment with its
+    /// weight and mirror share: `blue=90%[http://a] green=10%,mirror=0%[http://b]`.
+    pub fn backends_summary(&self) -> String {
+        let urls = |b: &[http::Uri]| {
+            b.iter()
+                .map(|u| u.to_string().trim_end_matches('/').to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        if self.deployments.is_empty() {
+            return urls(&self.backends);
+        }
+        self.deployments
+            .iter()
+            .map(|d| {
+                let mirror = match self.mirror_traffic.get(&d.name) {
+                    Some(p) => format!(",mirror={p}%"),
+                    None => String::new(),
+                };
+                format!(
+                    "{}={}%{mirror}[{}]",
+                    d.name,
+                    self.traffic.get(&d.name).copied().unwrap_or(0),
+                    urls(&d.backends)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// The names of the deployments, in config order.
     pub fn deployment_names(&self) -> Vec<&str> {
         if self.deployments.is_empty() {
