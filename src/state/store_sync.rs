@@ -444,6 +444,30 @@ impl Shared {
             }
         }
         let mut new = read.state;
+        // The store's revisions only grow, unless it lost data: a record this replica holds at
+        // a higher revision than the store (same service id) is a write the store acknowledged
+        // and then lost — another replica may since have written back its older copy. Ours goes
+        // back (the script keeps the highest revision) and stays in force: a regenerated key
+        // must never come back.
+        for (name, mine) in &old.services {
+            let Some(theirs) = new.services.get(name) else {
+                continue;
+            };
+            if theirs.id == mine.id && theirs.revision < mine.revision {
+                if let Err(e) = redis.write_back_service(name, mine).await {
+                    tracing::warn!(service = %name, error = %e, "write-back of a newer record failed; retried at the next sync");
+                }
+                tracing::warn!(service = %name, store_revision = theirs.revision, revision = mine.revision,
+                    "the shared store had an older copy of this record (it lost data): wrote back this replica's");
+                new.services.insert(name.clone(), mine.clone());
+            }
+        }
+        if !old.signing.keys.is_empty() && new.signing.revision < old.signing.revision {
+            if let Err(e) = redis.write_back_signing(&old.signing).await {
+                tracing::warn!(error = %e, "write-back of the newer signing keys failed; retried at the next sync");
+            }
+            new.signing = old.signing.clone();
+        }
         for name in &read.unsealable {
             if name == "signing" {
                 new.signing = old.signing.clone();

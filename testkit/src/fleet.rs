@@ -215,6 +215,9 @@ pub fn service_toml(name: &str, auth: &str, backends: &[String], extra: &str) ->
 pub struct Proc {
     child: Child,
     stderr: Arc<Mutex<String>>,
+    /// Reads the child's stderr until EOF; joined once the child has exited, so that its last
+    /// words are in `stderr` before anyone looks.
+    reader: Option<std::thread::JoinHandle<()>>,
     pub admin: SocketAddr,
 }
 
@@ -234,7 +237,7 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = pipe.read(&mut buf) {
                 if n == 0 {
@@ -248,6 +251,7 @@ impl Proc {
         Proc {
             child,
             stderr,
+            reader: Some(reader),
             admin,
         }
     }
@@ -300,9 +304,13 @@ impl Proc {
         }
     }
 
-    /// Whether the process has exited.
+    /// Whether the process has exited (then its whole stderr has been read).
     pub fn exited(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_some()
+        let done = self.child.try_wait().unwrap().is_some();
+        if done && let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        done
     }
 
     /// SIGKILL, and reap it.
