@@ -20,8 +20,10 @@
 //! neither `limits.max_in_flight` nor the drain waits for it), and carries only the headers of
 //! `CopyRequest::from` — never the credential or cookies. Queued copies are cancelled when a
 //! reload (or a traffic change) removes the mirror, and when the gateway drains (`Queue::cancel`).
+//!
+//! `compare` is the comparison, pure: two answers and a tolerance in, a verdict out.
 
-mod basic_compare;
+pub mod compare;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,8 +47,8 @@ use crate::proxy::headers::{
     AZUREML_MODEL_DEPLOYMENT, X_MS_CLIENT_REQUEST_ID, X_MS_REQUEST_ID, X_SCOREGATE_MIRROR,
 };
 use crate::proxy::upstream::{Refusal, Upstream};
-pub use basic_compare::is_json_media_type;
-use basic_compare::{Answer, Verdict, compare};
+pub use compare::is_json_media_type;
+use compare::{Answer, Verdict, compare};
 
 /// The request headers every copy carries when the client sent them (contract §8), besides
 /// `mirror_headers`.
