@@ -26,6 +26,7 @@ FORBIDDEN = {
     "auth": {"state", "gateway", "server", "admin", "reload", "proxy", "limit", "cli", "bench", "demo"},
     "limit": {"state", "gateway", "server", "admin", "reload", "store", "tls", "client", "cli", "bench", "demo"},
     "tls": {"state", "gateway", "server", "admin", "reload", "auth", "proxy", "store", "cli", "bench", "demo"},
+    "mirror": {"state", "gateway", "server", "admin", "reload", "auth", "store", "client", "limit", "cli", "bench", "demo"},
     "state": {"gateway", "server", "admin", "reload", "cli", "bench", "demo", "admin_client"},
     "gateway": {"server", "admin", "reload", "cli", "bench", "demo", "admin_client"},
     "server": {"cli", "bench", "demo", "admin_client"},

@@ -120,12 +120,11 @@ pub fn run(path: &Path, strict: bool) -> anyhow::Result<()> {
         }
     }
     for s in &config.services {
-        let backends: Vec<String> = s.backends.iter().map(|b| b.to_string()).collect();
         println!(
             "service  {}  auth={}  backends={}",
             s.name,
             s.auth.as_str(),
-            backends.join(",")
+            s.backends_summary()
         );
         for rl in &s.rate_limits {
             println!("           rate_limit {rl}");

@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::config::{AuthMode, CertificateConfig, Config, ServiceConfig};
+use crate::config::{AuthMode, CertificateConfig, Config, DeploymentConfig, ServiceConfig};
+use crate::sample_model::Model;
 use crate::server::announce::{program, shell_word};
 
 pub struct DemoOptions {
@@ -29,6 +30,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let dir = tmp.0.clone();
     let certs = crate::certgen::write_demo_certs(&dir.join("certs"), &["localhost", "127.0.0.1"])?;
     let model = crate::sample_model::spawn().await?;
+    // A second deployment, a slightly different ("retrained") model: live weight 0, half of the
+    // live requests mirrored to it and compared (contract §8).
+    let candidate = crate::sample_model::spawn_model(Model::Retrained).await?;
     let mut config = Config::new_in_code(
         "(demo)",
         opts.listen,
@@ -40,11 +44,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         dir.join("state"),
     );
     config.admin.address = opts.admin;
-    config.services.push(ServiceConfig::new(
-        "iris",
-        AuthMode::Key,
-        vec![format!("http://{model}").parse()?],
-    ));
+    let mut iris = ServiceConfig::new("iris", AuthMode::Key, vec![]).with_deployments(
+        vec![
+            DeploymentConfig::new("blue", vec![format!("http://{model}").parse()?]),
+            DeploymentConfig::new("green", vec![format!("http://{candidate}").parse()?]),
+        ],
+        &[("blue", 100)],
+    );
+    iris.mirror_traffic = [("green".to_string(), 50)].into();
+    config.services.push(iris);
     let drain = config.server.drain_timeout;
     let server = crate::server::start(config).await.map_err(|e| {
         if e.to_string().contains("cannot listen on") {
@@ -75,7 +83,8 @@ scoregate demo is running (Ctrl-C to stop)
   primary key   {primary}
   secondary key {secondary}
   CA cert       {ca}
-  model         built-in iris classifier (logistic regression) at http://{model}
+  deployments   blue: built-in iris classifier (logistic regression) at http://{model}, 100 % of live traffic
+                green: a retrained variant at http://{candidate}, 50 % of live requests mirrored to it
   admin API     http://{admin}  (token in {token})
 
 Score two flowers:
@@ -91,6 +100,16 @@ Or with the CLI (the keys, then a scoring call that fetches a key itself):
   {program} keys list iris {admin_flags}
   {program} invoke iris {admin_flags} --ca {ca} \
     --data '{{"data": [[5.1, 3.5, 1.4, 0.2]]}}'
+
+Roll out green (see README, "Rolling out a new model"): try it with a pinned request, read how
+its mirrored answers compare, then give it live traffic (or take it back):
+
+  curl --cacert {ca} -H "Authorization: Bearer {primary}" -H "azureml-model-deployment: green" \
+    -H "Content-Type: application/json" -d '{{"data": [[6.0, 2.9, 4.5, 1.5]]}}' {uri}
+  curl -s http://{admin}/metrics | grep scoregate_mirror_
+  {program} traffic iris {admin_flags}
+  {program} traffic iris blue=90 green=10 --mirror none {admin_flags}
+  {program} traffic iris blue=100 green=0 {admin_flags}
 "#,
         primary = keys.primary.expose(),
         secondary = keys.secondary.expose(),

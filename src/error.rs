@@ -130,6 +130,12 @@ pub enum GatewayError {
         retry_after: u32,
         policy: std::sync::Arc<str>,
     },
+    /// `azureml-model-deployment` names no pinnable deployment of the service (contract §8).
+    #[error("no such deployment")]
+    DeploymentNotFound,
+    /// No deployment takes live traffic and the request pins none (contract §8).
+    #[error("no deployment takes live traffic")]
+    NoTraffic,
     #[error("overloaded: {}", .0.as_str())]
     Overloaded(Overload),
     #[error("backend unavailable")]
@@ -143,7 +149,7 @@ pub enum GatewayError {
 }
 
 /// Every error code the gateway can answer with, for metrics and tests.
-pub const CODES: [&str; 13] = [
+pub const CODES: [&str; 15] = [
     "BadRequest",
     "NotFound",
     "ServiceNotFound",
@@ -153,6 +159,8 @@ pub const CODES: [&str; 13] = [
     "RequestTimeout",
     "PayloadTooLarge",
     "TooManyRequests",
+    "DeploymentNotFound",
+    "NoTraffic",
     "ServiceOverloaded",
     "BackendUnavailable",
     "ScoringTimeout",
@@ -163,7 +171,10 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            GatewayError::NotFound | GatewayError::ServiceNotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::NotFound
+            | GatewayError::ServiceNotFound(_)
+            | GatewayError::DeploymentNotFound
+            | GatewayError::NoTraffic => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Forbidden => StatusCode::FORBIDDEN,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
@@ -189,6 +200,8 @@ impl GatewayError {
             GatewayError::RequestTimeout(_) => "RequestTimeout",
             GatewayError::PayloadTooLarge { .. } => "PayloadTooLarge",
             GatewayError::TooManyRequests { .. } => "TooManyRequests",
+            GatewayError::DeploymentNotFound => "DeploymentNotFound",
+            GatewayError::NoTraffic => "NoTraffic",
             GatewayError::Overloaded(_) => "ServiceOverloaded",
             GatewayError::BackendUnavailable(_) => "BackendUnavailable",
             GatewayError::ScoringTimeout(_) => "ScoringTimeout",
@@ -214,7 +227,9 @@ impl GatewayError {
             | GatewayError::Unauthorized { .. }
             | GatewayError::RequestTimeout(_)
             | GatewayError::PayloadTooLarge { .. }
-            | GatewayError::TooManyRequests { .. } => Side::Client,
+            | GatewayError::TooManyRequests { .. }
+            | GatewayError::DeploymentNotFound
+            | GatewayError::NoTraffic => Side::Client,
             GatewayError::Overloaded(_) | GatewayError::StoreUnavailable => Side::Gateway,
             GatewayError::BackendUnavailable(_) | GatewayError::ScoringTimeout(_) => Side::Backend,
         }
@@ -266,6 +281,9 @@ impl GatewayError {
                 "Rate limit '{policy}' of this service reached. Retry after {retry_after} second{}.",
                 if *retry_after == 1 { "" } else { "s" }
             ),
+            // The message names no deployment: which ones exist is not the client's business.
+            GatewayError::DeploymentNotFound => "The deployment named in the azureml-model-deployment header does not exist for this service or cannot be pinned. Check the header's value, or leave it out to use the service's traffic split.".into(),
+            GatewayError::NoTraffic => "No deployment of this service takes live traffic. Name a deployment in the azureml-model-deployment header, or ask the operator to set a traffic split.".into(),
             GatewayError::Overloaded(what) => format!(
                 "The service is overloaded ({}). Retry after the time in Retry-After.",
                 what.as_str()
@@ -537,6 +555,8 @@ mod tests {
             GatewayError::BackendUnavailable(BackendError::Exchange("x".into())),
             GatewayError::ScoringTimeout(Duration::from_secs(1)),
             GatewayError::StoreUnavailable,
+            GatewayError::DeploymentNotFound,
+            GatewayError::NoTraffic,
         ];
         for e in &all {
             assert!(CODES.contains(&e.code()), "{}", e.code());
@@ -545,5 +565,8 @@ mod tests {
         assert!(!all[8].reached_backend());
         assert!(!all[10].reached_backend());
         assert!(all[11].reached_backend());
+        assert!(!all[14].reached_backend() && !all[15].reached_backend());
+        assert_eq!(all[14].status(), 404);
+        assert_eq!(all[15].code(), "NoTraffic");
     }
 }

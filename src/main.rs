@@ -86,6 +86,12 @@ fn main() -> ExitCode {
             subject,
             admin,
         } => cli::token::run(&admin.with(&global), &name, subject, value),
+        Command::Traffic {
+            name,
+            traffic,
+            mirror,
+            admin,
+        } => cli::traffic::run(&admin.with(&global), &name, &traffic, mirror.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,6 +49,51 @@ pub const CLOSE_REASONS: [&str; 2] = ["cancelled_streams", "pressure"];
 /// `send` (a client that stopped reading its response for `limits.idle_timeout`).
 pub const TIMEOUT_REASONS: [&str; 3] = ["header_read", "idle", "send"];
 
+/// `scoregate_mirror_requests_total{result}` (contract §8), in `MirrorResult` order.
+pub const MIRROR_RESULTS: [&str; 8] = [
+    "same",
+    "different_status",
+    "different_body",
+    "error",
+    "skipped_busy",
+    "skipped_too_large",
+    "skipped_live_failed",
+    "unchecked_too_large",
+];
+/// `scoregate_mirror_latency_ratio` buckets: mirror ÷ live time to the response head.
+const MIRROR_RATIO_BUCKETS: &[f64] = &[0.25, 0.5, 0.8, 1.0, 1.25, 2.0, 4.0, 8.0];
+
+/// What became of one mirrored copy (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorResult {
+    Same,
+    DifferentStatus,
+    DifferentBody,
+    /// No answer: connect failure, timeout, a broken exchange.
+    Error,
+    /// No place for it (mirror_max_in_flight and mirror_queue full, or no free slot).
+    SkippedBusy,
+    /// The request body was over `mirror_max_body`.
+    SkippedTooLarge,
+    /// The live forward failed (or its client left): nothing to compare with.
+    SkippedLiveFailed,
+    /// Equal statuses, a response body over `mirror_max_body`.
+    UncheckedTooLarge,
+}
+
+/// Handles for one mirror deployment, resolved when a snapshot is built.
+#[derive(Clone)]
+pub struct MirrorMetrics {
+    results: [IntCounter; 8],
+    pub latency_ratio: Histogram,
+}
+
+impl MirrorMetrics {
+    pub fn count(&self, r: MirrorResult) {
+        self.results[r as usize].inc();
+    }
+}
+
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const AUTH_REASONS: [AuthFailure; 6] = AuthFailure::ALL;
 
@@ -111,6 +156,8 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     pub requests_cancelled: IntCounter,
     pub cert_expiry: prometheus::GaugeVec,
+    mirror_requests: IntCounterVec,
+    mirror_latency_ratio: HistogramVec,
     pub store: StoreMetrics,
     pub reloads: IntCounterVec,
 }
@@ -215,6 +262,23 @@ impl Metrics {
             "Requests whose client went away (closed the connection or reset the stream) before the response ended",
         )
         .unwrap();
+        let mirror_requests = IntCounterVec::new(
+            Opts::new(
+                "scoregate_mirror_requests_total",
+                "Mirrored copies by service, mirror deployment and result (same, different_status, different_body, error, skipped_busy, skipped_too_large, skipped_live_failed, unchecked_too_large)",
+            ),
+            &["service", "deployment", "result"],
+        )
+        .unwrap();
+        let mirror_latency_ratio = HistogramVec::new(
+            HistogramOpts::new(
+                "scoregate_mirror_latency_ratio",
+                "Mirror time to the response head divided by the live one, per mirrored request",
+            )
+            .buckets(MIRROR_RATIO_BUCKETS.to_vec()),
+            &["service", "deployment"],
+        )
+        .unwrap();
         let store = StoreMetrics::new();
         let cert_expiry = prometheus::GaugeVec::new(
             Opts::new(
@@ -269,6 +333,8 @@ impl Metrics {
             Box::new(connections_closed.clone()),
             Box::new(requests_cancelled.clone()),
             Box::new(cert_expiry.clone()),
+            Box::new(mirror_requests.clone()),
+            Box::new(mirror_latency_ratio.clone()),
             Box::new(reloads.clone()),
             Box::new(build_info),
         ];
@@ -292,6 +358,8 @@ impl Metrics {
             connections_closed,
             requests_cancelled,
             cert_expiry,
+            mirror_requests,
+            mirror_latency_ratio,
             store,
             reloads,
         }
@@ -328,7 +396,33 @@ impl Metrics {
         }
     }
 
-    /// Drops the series of a service no longer configured (or of its deployments).
+    /// The mirror handles of (service, deployment); its result series exist from then on.
+    pub fn for_mirror(&self, service: &str, deployment: &str) -> MirrorMetrics {
+        MirrorMetrics {
+            results: MIRROR_RESULTS.map(|r| {
+                self.mirror_requests
+                    .with_label_values(&[service, deployment, r])
+            }),
+            latency_ratio: self
+                .mirror_latency_ratio
+                .with_label_values(&[service, deployment]),
+        }
+    }
+
+    /// Drops the series of deployments a kept service no longer has.
+    pub fn forget_deployments(&self, name: &str, deployments: &[&str]) {
+        for d in deployments {
+            for class in CLASSES {
+                for code in code_labels() {
+                    let _ = self.requests.remove_label_values(&[name, d, class, code]);
+                }
+            }
+            let _ = self.request_duration.remove_label_values(&[name, d]);
+            let _ = self.backend_duration.remove_label_values(&[name, d]);
+        }
+    }
+
+    /// Drops the series of a service no longer configured (and of its deployments).
     pub fn forget_service(&self, name: &str, deployments: &[&str]) {
         for d in std::iter::once("").chain(deployments.iter().copied()) {
             for class in CLASSES {

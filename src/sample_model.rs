@@ -30,11 +30,33 @@ const COEF: [[f64; 4]; 3] = [
     [-0.111, -0.646, 2.723, 2.023],
 ];
 const INTERCEPT: [f64; 3] = [9.849, 2.238, -12.087];
+/// A "retrained" variant for the demo's second deployment (contract §8): the same model fitted
+/// with stronger regularisation — weights shrunk by a tenth, so probabilities move a little and
+/// a borderline flower now and then gets another class.
+const SHRINK: f64 = 0.9;
+
+/// Which of the built-in models answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// The fitted classifier.
+    Iris,
+    /// The same classifier with shrunk weights (a slightly different candidate).
+    Retrained,
+}
 
 /// Class probabilities for one flower (softmax of the linear scores).
 pub fn predict(x: &[f64; 4]) -> [f64; 3] {
+    predict_with(Model::Iris, x)
+}
+
+/// `predict` with `model`.
+pub fn predict_with(model: Model, x: &[f64; 4]) -> [f64; 3] {
+    let k = match model {
+        Model::Iris => 1.0,
+        Model::Retrained => SHRINK,
+    };
     let z: Vec<f64> = (0..3)
-        .map(|k| INTERCEPT[k] + (0..4).map(|j| COEF[k][j] * x[j]).sum::<f64>())
+        .map(|c| k * (INTERCEPT[c] + (0..4).map(|j| COEF[c][j] * x[j]).sum::<f64>()))
         .collect();
     let m = z.iter().cloned().fold(f64::MIN, f64::max);
     let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
@@ -50,6 +72,11 @@ fn rows(v: &Value) -> Option<&Vec<Value>> {
 
 /// Scores a request body, or says what is wrong with it (azmlinfsrv answers bad input with 400).
 pub fn score(body: &[u8]) -> Result<Value, String> {
+    score_with(Model::Iris, body)
+}
+
+/// `score` with `model`.
+pub fn score_with(model: Model, body: &[u8]) -> Result<Value, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let rows = rows(&v).ok_or("expected {\"data\": [[4 numbers], ...]}")?;
     let mut preds = Vec::with_capacity(rows.len());
@@ -64,7 +91,7 @@ pub fn score(body: &[u8]) -> Result<Value, String> {
                 "row {i} must be 4 numbers (sepal length, sepal width, petal length, petal width)"
             )
         })?;
-        let p = predict(&x);
+        let p = predict_with(model, &x);
         let best = (0..3).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
         preds.push(json!(CLASSES[best]));
         probs.push(json!(p.map(|v| (v * 1e4).round() / 1e4)));
@@ -117,7 +144,7 @@ fn reply(status: StatusCode, ct: &'static str, body: impl Into<Bytes>) -> Respon
     r
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(model: Model, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     Ok(match (&parts.method, parts.uri.path()) {
         (&Method::GET, "/") => reply(StatusCode::OK, "text/plain", "Healthy"),
@@ -129,7 +156,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
             reply(StatusCode::OK, "application/json", swagger(v3).to_string())
         }
         (&Method::POST, "/score") => match Limited::new(body, 1 << 20).collect().await {
-            Ok(b) => match score(&b.to_bytes()) {
+            Ok(b) => match score_with(model, &b.to_bytes()) {
                 Ok(v) => reply(StatusCode::OK, "application/json", v.to_string()),
                 Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", e),
             },
@@ -150,6 +177,11 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 
 /// Serves the sample model on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener) {
+    serve_model(listener, Model::Iris).await
+}
+
+/// Serves `model` on `listener` until the task is dropped.
+pub async fn serve_model(listener: TcpListener, model: Model) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
@@ -157,7 +189,7 @@ pub async fn serve(listener: TcpListener) {
         let _ = tcp.set_nodelay(true);
         tokio::spawn(async move {
             let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service_fn(handle))
+                .serve_connection(TokioIo::new(tcp), service_fn(move |r| handle(model, r)))
                 .await;
         });
     }
@@ -165,9 +197,14 @@ pub async fn serve(listener: TcpListener) {
 
 /// Binds the sample model on a free loopback port and serves it in the background.
 pub async fn spawn() -> std::io::Result<SocketAddr> {
+    spawn_model(Model::Iris).await
+}
+
+/// Binds `model` on a free loopback port and serves it in the background.
+pub async fn spawn_model(model: Model) -> std::io::Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0").await?;
     let addr = l.local_addr()?;
-    tokio::spawn(serve(l));
+    tokio::spawn(serve_model(l, model));
     Ok(addr)
 }
 
@@ -188,6 +225,25 @@ mod tests {
         let p = v["probabilities"][0].as_array().unwrap();
         let sum: f64 = p.iter().map(|x| x.as_f64().unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn the_retrained_model_is_close_but_not_the_same() {
+        let flowers = [
+            [5.1, 3.5, 1.4, 0.2],
+            [6.0, 2.9, 4.5, 1.5],
+            [6.3, 3.3, 6.0, 2.5],
+        ];
+        for x in &flowers {
+            let (a, b) = (predict(x), predict_with(Model::Retrained, x));
+            assert!(a != b);
+            assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 0.2));
+        }
+        let body = br#"{"data": [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5]]}"#;
+        assert_eq!(
+            score(body).unwrap()["predictions"],
+            score_with(Model::Retrained, body).unwrap()["predictions"]
+        );
     }
 
     #[test]

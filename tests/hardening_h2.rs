@@ -56,6 +56,7 @@ fn gw_backend(gw: &Gw, name: &str) -> Arc<GwBackend> {
         .snapshot()
         .service(name)
         .unwrap()
+        .deployments[0]
         .upstream
         .backends[0]
         .clone()
@@ -763,7 +764,7 @@ async fn curl_over_http2_reads_502_and_503_refusals_made_after_routing_with_2mib
     let busy_up = gw.server.shared.snapshot().service("busy").unwrap().clone();
     let b = gw_backend(&gw, "busy");
     eventually("one request at the backend and 8 waiting", STEP, || {
-        b.in_flight() == 1 && busy_up.upstream.waiting() == 8
+        b.in_flight() == 1 && busy_up.deployments[0].upstream.waiting() == 8
     })
     .await;
 

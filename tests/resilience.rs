@@ -61,7 +61,7 @@ fn svc(gw: &Gw, name: &str) -> Arc<Service> {
 
 fn gw_backend(gw: &Gw, name: &str, addr: SocketAddr) -> Arc<GwBackend> {
     let url = format!("http://{addr}");
-    svc(gw, name)
+    svc(gw, name).deployments[0]
         .upstream
         .backends
         .iter()
@@ -268,7 +268,7 @@ async fn a_full_wait_queue_is_refused_at_once_and_clients_that_leave_free_their_
     .await;
     let client = pki.client();
     let service = svc(&gw, "iris");
-    let queue = service.upstream.max_waiters(1);
+    let queue = service.deployments[0].upstream.max_waiters(1);
     assert_eq!(queue, scoregate::proxy::upstream::WAITERS_PER_SLOT);
 
     let mut clients = vec![spawn_score(&client, gw.addr, "iris")];
@@ -280,7 +280,7 @@ async fn a_full_wait_queue_is_refused_at_once_and_clients_that_leave_free_their_
         clients.push(spawn_score(&client, gw.addr, "iris"));
     }
     eventually("the wait queue fills", STEP, || {
-        service.upstream.waiting() == queue
+        service.deployments[0].upstream.waiting() == queue
     })
     .await;
     let (r, took) = score(&client, gw.addr, "iris").await;
@@ -295,9 +295,9 @@ async fn a_full_wait_queue_is_refused_at_once_and_clients_that_leave_free_their_
     for c in &clients {
         c.abort();
     }
-    let b = service.upstream.backends[0].clone();
+    let b = service.deployments[0].upstream.backends[0].clone();
     eventually("no queue place is left behind", STEP, || {
-        service.upstream.waiting() == 0
+        service.deployments[0].upstream.waiting() == 0
     })
     .await;
     assert_eq!(b.in_flight(), 1, "the backend is still computing");
@@ -345,7 +345,10 @@ async fn a_new_limit_applies_with_the_next_snapshot_and_counts_requests_already_
         backend.scored() == 2
     })
     .await;
-    assert_eq!(svc(&gw, "iris").upstream.backends[0].in_flight(), 2);
+    assert_eq!(
+        svc(&gw, "iris").deployments[0].upstream.backends[0].in_flight(),
+        2
+    );
     let (r, _) = score(&client, gw.addr, "iris").await;
     assert_overloaded(&r);
     assert_eq!(first.await.unwrap().0.unwrap().status, 200);

@@ -148,6 +148,7 @@ async fn api(
             regenerate(shared, name, &body).await
         }
         (&Method::POST, ["services", name, "token"]) => issue_token(shared, &snap, name, &body),
+        (&Method::PUT, ["services", name, "traffic"]) => set_traffic(shared, name, &body).await,
         // The effective config (start-time settings as running), secrets redacted: `nginx -T`.
         (&Method::GET, ["config"]) => Ok(json(StatusCode::OK, &snap.config.redacted_json())),
         (&Method::GET, ["replicas"]) => Ok(json(
@@ -182,7 +183,11 @@ async fn api(
             _,
             ["services"]
             | ["services", _]
-            | ["services", _, "listKeys" | "regenerateKeys" | "token"]
+            | [
+                "services",
+                _,
+                "listKeys" | "regenerateKeys" | "token" | "traffic",
+            ]
             | ["reload"]
             | ["config"]
             | ["replicas"],
@@ -229,6 +234,15 @@ fn write_error(e: WriteError) -> AdminError {
             AdminError::bad_request(format!("Service '{n}' is not in key mode."))
         }
         WriteError::Invalid(why) => AdminError::bad_request(why),
+        WriteError::InvalidTraffic(e) => invalid_traffic(e.to_string()),
+        WriteError::Build(why) => {
+            tracing::error!(error = %why, "a stored change does not build");
+            AdminError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "WriteFailed",
+                "The change was stored but could not be put in force; see the gateway's log.",
+            )
+        }
         WriteError::Store(e) if e.is_unavailable() => {
             tracing::warn!(error = %e, "admin write refused: the shared store is unreachable");
             AdminError::store_unavailable(&e.to_string())
@@ -242,6 +256,73 @@ fn write_error(e: WriteError) -> AdminError {
             )
         }
     }
+}
+
+fn invalid_traffic(why: impl Into<String>) -> AdminError {
+    AdminError::new(StatusCode::BAD_REQUEST, "InvalidTraffic", why)
+}
+
+/// A weight map of `PUT .../traffic`: deployment names to JSON integers from 0 to 100.
+fn weights(
+    member: &str,
+    v: Option<&Value>,
+) -> Result<Option<std::collections::BTreeMap<String, u32>>, AdminError> {
+    let Some(v) = v else { return Ok(None) };
+    let obj = v.as_object().ok_or_else(|| {
+        invalid_traffic(format!(
+            "{member} must be an object of deployment names to whole percentages"
+        ))
+    })?;
+    let mut out = std::collections::BTreeMap::new();
+    for (name, w) in obj {
+        match w.as_u64() {
+            Some(w) if w <= 100 => {
+                out.insert(name.clone(), w as u32);
+            }
+            _ => {
+                return Err(invalid_traffic(format!(
+                    "{member}: the value of {name:?} must be a whole number from 0 to 100"
+                )));
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// `PUT /v1/services/NAME/traffic` with `{"traffic": {...}, "mirrorTraffic": {...}}` (contract
+/// §8): each member given replaces that whole map; 200 with both in force, or 400
+/// `InvalidTraffic` and nothing changed.
+async fn set_traffic(
+    shared: &Shared,
+    name: &str,
+    body: &[u8],
+) -> Result<AdminResponse, AdminError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        AdminError::bad_request(format!(
+            "Expected {{\"traffic\": {{...}}, \"mirrorTraffic\": {{...}}}}: {e}"
+        ))
+    })?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| AdminError::bad_request("Expected a JSON object."))?;
+    if let Some(k) = obj
+        .keys()
+        .find(|k| *k != "traffic" && *k != "mirrorTraffic")
+    {
+        return Err(AdminError::bad_request(format!(
+            "Unknown member {k:?}: only \"traffic\" and \"mirrorTraffic\"."
+        )));
+    }
+    let traffic = weights("traffic", obj.get("traffic"))?;
+    let mirror = weights("mirrorTraffic", obj.get("mirrorTraffic"))?;
+    let (t, m) = shared
+        .set_traffic(name, traffic.as_ref(), mirror.as_ref())
+        .await
+        .map_err(write_error)?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"traffic": t, "mirrorTraffic": m}),
+    ))
 }
 
 /// A token's subject (`sub`), from the optional body `{"subject": "..."}`: 1 to 128 characters
@@ -341,22 +422,30 @@ pub fn service_json(shared: &Shared, snap: &Snapshot, name: &str) -> Option<Valu
     let svc = snap.service(name)?;
     let rec = shared.record(name)?;
     let base = scoring_base(shared, snap);
-    let backends: Vec<Value> = svc
-        .upstream
-        .backends
+    let deployments: Vec<Value> = svc
+        .deployments
         .iter()
+        .map(|d| json!({"name": d.name, "state": d.state()}))
+        .collect();
+    let backends: Vec<Value> = svc
+        .deployments
+        .iter()
+        .flat_map(|d| d.upstream.backends.iter())
         .map(|b| backend_json(&b.view()))
         .collect();
     Some(json!({
         "id": rec.id,
         "name": name,
-        "state": svc.upstream.state(),
+        "state": svc.state(),
         "authMode": svc.config.auth.as_str(),
         "createdAt": rec.created_at,
         "updatedAt": rec.updated_at,
         "scoringUri": format!("{base}/api/v1/service/{name}/score"),
         "swaggerUri": format!("{base}/api/v1/service/{name}/swagger.json"),
         "backends": backends,
+        "traffic": svc.routing.traffic,
+        "mirrorTraffic": svc.routing.mirror_traffic,
+        "deployments": deployments,
     }))
 }
 

@@ -199,6 +199,23 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Show or set a service's traffic split and mirror, via the admin API: `traffic iris`
+    /// shows them, `traffic iris blue=90 green=10` sets the live split (deployments left out
+    /// get 0), `--mirror green=10` (or `--mirror none`) the mirror.
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Traffic {
+        /// Service name.
+        name: String,
+        /// The live split: DEPLOYMENT=PERCENT ..., whole percentages summing to 100 (or all 0).
+        #[arg(value_name = "DEPLOYMENT=PERCENT")]
+        traffic: Vec<String>,
+        /// The mirror: DEPLOYMENT=PERCENT (at most 50, a deployment with live weight 0), or
+        /// `none` to stop mirroring.
+        #[arg(long, value_name = "DEPLOYMENT=PERCENT|none")]
+        mirror: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// The running gateway's config, via the admin API.
     #[command(after_help = ENVIRONMENT_HELP)]
     Config {

@@ -1,6 +1,7 @@
 //! The command line (`args`) and the commands other than `serve`, `demo`, `check` and `bench`,
 //! one module per command group: `service`, `keys`, `token`, `reload` (with `config show`),
-//! `healthcheck`, `invoke` (a scoring call through the gateway) and `store`. `admin` is how they
+//! `healthcheck`, `invoke` (a scoring call through the gateway), `store` and `traffic` (the
+//! traffic split and mirror). `admin` is how they
 //! reach the admin API, `output` how they print (JSON, tables). A new command adds its arguments
 //! to `args::Command`, a module here with a `run`, and one line to `main`'s dispatch.
 //!
@@ -17,6 +18,7 @@ pub mod reload;
 pub mod service;
 pub mod store;
 pub mod token;
+pub mod traffic;
 
 use std::path::{Path, PathBuf};
 

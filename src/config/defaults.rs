@@ -86,3 +86,17 @@ pub const DEFAULT_HEALTH_PERIOD: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_HEALTH_FAILURES: u32 = 3;
 pub const DEFAULT_HEALTH_SUCCESSES: u32 = 1;
+/// The one deployment of a service configured with `backends` (contract §8).
+pub const DEFAULT_DEPLOYMENT: &str = "default";
+/// Envoy's shadowing buffer: a copy needs the whole body in memory, so only bodies up to 1 MiB
+/// are copied (typical scoring payloads are a few KiB).
+pub const DEFAULT_MIRROR_MAX_BODY: u64 = 1024 * 1024;
+/// Float noise between two builds of one model (another BLAS, another CPU) stays far below one
+/// part in a million; a real change of a model does not.
+pub const DEFAULT_MIRROR_TOLERANCE: f64 = 1e-6;
+/// Copies in flight per service: enough to keep a candidate busy at a 50 % share of a modest
+/// service, few enough that copies never crowd out anything.
+pub const DEFAULT_MIRROR_MAX_IN_FLIGHT: usize = 16;
+/// Copies waiting for a place: a short burst is absorbed, a slow candidate sheds copies
+/// (`skipped_busy`) instead of building a backlog.
+pub const DEFAULT_MIRROR_QUEUE: usize = 64;

@@ -7,6 +7,7 @@
 //! listing every problem found, each naming the file, the key and what is wrong.
 
 pub mod defaults;
+pub mod deployment;
 mod parse;
 pub mod rate_limit;
 pub mod raw;
@@ -22,6 +23,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use defaults::*;
+pub use deployment::{TrafficError, check_traffic};
 pub use rate_limit::{RateLimitBy, RateLimitConfig};
 pub use service::parse_backend;
 pub use types::*;

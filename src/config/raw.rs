@@ -194,6 +194,49 @@ pub struct RawService {
     pub health: Option<RawHealth>,
     #[serde(default)]
     pub rate_limit: Vec<RawRateLimit>,
+    /// `traffic = { blue = 90, green = 10 }` (contract §8; checked in `config::deployment`).
+    pub traffic: Option<std::collections::BTreeMap<String, toml::Value>>,
+    pub mirror_traffic: Option<std::collections::BTreeMap<String, toml::Value>>,
+    pub mirror_max_body: Option<String>,
+    pub mirror_tolerance: Option<f64>,
+    pub mirror_max_in_flight: Option<usize>,
+    pub mirror_queue: Option<usize>,
+    pub mirror_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub deployment: Vec<RawDeployment>,
+}
+
+/// `[[service.deployment]]` (contract §8): a deployment's backends and the backend settings it
+/// sets over the service's, key by key. The service-only keys are listed so that setting one
+/// here is reported as such rather than as an unknown key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeployment {
+    pub name: String,
+    #[serde(default)]
+    pub backends: Vec<String>,
+    pub backend_protocol: Option<String>,
+    pub score_path: Option<String>,
+    pub scoring_timeout: Option<String>,
+    pub max_concurrent_requests_per_backend: Option<usize>,
+    pub max_request_wait_time: Option<String>,
+    pub health: Option<RawHealth>,
+    pub pinnable: Option<bool>,
+    pub max_body: Option<toml::Value>,
+    pub allow: Option<toml::Value>,
+    pub deny: Option<toml::Value>,
+    pub auth: Option<toml::Value>,
+    pub primary_key: Option<toml::Value>,
+    pub secondary_key: Option<toml::Value>,
+    pub trusted_issuers: Option<toml::Value>,
+    pub rate_limit: Option<toml::Value>,
+    pub traffic: Option<toml::Value>,
+    pub mirror_traffic: Option<toml::Value>,
+    pub mirror_max_body: Option<toml::Value>,
+    pub mirror_tolerance: Option<toml::Value>,
+    pub mirror_max_in_flight: Option<toml::Value>,
+    pub mirror_queue: Option<toml::Value>,
+    pub mirror_headers: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

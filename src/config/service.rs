@@ -77,34 +77,24 @@ impl Validator {
                 }
             }
         }
-        if raw.backends.is_empty() {
-            self.problem(&format!("{key}.backends"), "needs at least one backend URL");
-        }
-        let mut backends = Vec::with_capacity(raw.backends.len());
-        for (i, b) in raw.backends.iter().enumerate() {
-            match parse_backend(b) {
-                Ok(u) => backends.push(u),
-                Err(why) => self.problem(&format!("{key}.backends[{i}]"), why),
-            }
-        }
-        let backend_protocol = match raw.backend_protocol.as_deref() {
-            None | Some("http1") => BackendProtocol::Http1,
-            Some("h2c") => BackendProtocol::H2c,
-            Some(other) => {
-                self.problem(
-                    &format!("{key}.backend_protocol"),
-                    format!("{other:?} is not one of \"http1\", \"h2c\""),
-                );
-                BackendProtocol::Http1
-            }
-        };
-        let score_path = raw.score_path.unwrap_or_else(|| DEFAULT_SCORE_PATH.into());
-        if !request_path(&score_path) {
+        if raw.backends.is_empty() && raw.deployment.is_empty() {
             self.problem(
-                &format!("{key}.score_path"),
-                format!("{score_path:?} must be a path starting with / (no query; only characters a URL path may hold)"),
+                &format!("{key}.backends"),
+                "needs at least one backend URL (or [[service.deployment]] entries)",
             );
         }
+        if !raw.backends.is_empty() && !raw.deployment.is_empty() {
+            self.problem(
+                &format!("{key}.deployment"),
+                "a service has either backends (one deployment, \"default\") or [[service.deployment]] entries, not both",
+            );
+        }
+        let backends = self.backend_list(&format!("{key}.backends"), &raw.backends);
+        let backend_protocol = self
+            .backend_protocol(key, raw.backend_protocol.as_deref())
+            .unwrap_or(BackendProtocol::Http1);
+        let score_path = raw.score_path.unwrap_or_else(|| DEFAULT_SCORE_PATH.into());
+        self.score_path(key, &score_path);
         let scoring_timeout = self.duration(
             &format!("{key}.scoring_timeout"),
             raw.scoring_timeout.as_deref(),
@@ -145,23 +135,19 @@ impl Validator {
                 hd.initial_delay,
             ),
         };
-        if !request_path(&health.path) {
-            self.problem(
-                &format!("{key}.health.path"),
-                format!("{:?} must be a path starting with / (no query; only characters a URL path may hold)", health.path),
-            );
-        }
-        if health.period.is_zero() || health.timeout.is_zero() {
-            self.problem(
-                &format!("{key}.health"),
-                "period and timeout must be more than 0s",
-            );
-        }
-        if health.failure_threshold == 0 || health.success_threshold == 0 {
-            self.problem(&format!("{key}.health"), "thresholds must be at least 1");
-        }
+        self.check_health(key, &health);
         let rate_limits = self.rate_limits(key, auth, raw.rate_limit);
-        ServiceConfig {
+        let shape = super::deployment::RawShape {
+            deployments: raw.deployment,
+            traffic: raw.traffic,
+            mirror_traffic: raw.mirror_traffic,
+            mirror_max_body: raw.mirror_max_body,
+            mirror_tolerance: raw.mirror_tolerance,
+            mirror_max_in_flight: raw.mirror_max_in_flight,
+            mirror_queue: raw.mirror_queue,
+            mirror_headers: raw.mirror_headers,
+        };
+        let mut svc = ServiceConfig {
             name: raw.name,
             auth,
             backends,
@@ -180,6 +166,72 @@ impl Validator {
             secondary_key: raw.secondary_key.map(Secret::new),
             health,
             rate_limits,
+            deployments: vec![],
+            traffic: Traffic::new(),
+            mirror_traffic: Traffic::new(),
+            mirror: MirrorConfig::default(),
+        };
+        self.deployments(key, &mut svc, shape);
+        svc
+    }
+
+    /// A list of backend URLs, each checked (`key[i]` names a bad one).
+    pub(super) fn backend_list(&mut self, key: &str, raw: &[String]) -> Vec<http::Uri> {
+        let mut backends = Vec::with_capacity(raw.len());
+        for (i, b) in raw.iter().enumerate() {
+            match parse_backend(b) {
+                Ok(u) => backends.push(u),
+                Err(why) => self.problem(&format!("{key}[{i}]"), why),
+            }
+        }
+        backends
+    }
+
+    /// `backend_protocol` under `key` (`None`: unset, or wrong and reported).
+    pub(super) fn backend_protocol(
+        &mut self,
+        key: &str,
+        v: Option<&str>,
+    ) -> Option<BackendProtocol> {
+        match v {
+            None => None,
+            Some("http1") => Some(BackendProtocol::Http1),
+            Some("h2c") => Some(BackendProtocol::H2c),
+            Some(other) => {
+                self.problem(
+                    &format!("{key}.backend_protocol"),
+                    format!("{other:?} is not one of \"http1\", \"h2c\""),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn score_path(&mut self, key: &str, p: &str) {
+        if !request_path(p) {
+            self.problem(
+                &format!("{key}.score_path"),
+                format!("{p:?} must be a path starting with / (no query; only characters a URL path may hold)"),
+            );
+        }
+    }
+
+    /// The rules of a health check in force (`key.health`).
+    pub(super) fn check_health(&mut self, key: &str, health: &HealthConfig) {
+        if !request_path(&health.path) {
+            self.problem(
+                &format!("{key}.health.path"),
+                format!("{:?} must be a path starting with / (no query; only characters a URL path may hold)", health.path),
+            );
+        }
+        if health.period.is_zero() || health.timeout.is_zero() {
+            self.problem(
+                &format!("{key}.health"),
+                "period and timeout must be more than 0s",
+            );
+        }
+        if health.failure_threshold == 0 || health.success_threshold == 0 {
+            self.problem(&format!("{key}.health"), "thresholds must be at least 1");
         }
     }
 }

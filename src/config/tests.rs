@@ -345,3 +345,231 @@ fn every_rate_limit_problem_names_its_key() {
         "{e}"
     );
 }
+
+const TWO_DEPLOYMENTS: &str = r#"
+[[tls.certificates]]
+cname = "scoring.example.com"
+cert = "certs/fullchain.pem"
+key = "certs/key.pem"
+
+[[service]]
+name = "iris"
+scoring_timeout = "5s"
+max_concurrent_requests_per_backend = 2
+traffic = { blue = 90, green = 10 }
+
+[service.health]
+period = "3s"
+
+[[service.deployment]]
+name = "blue"
+backends = ["http://127.0.0.1:5001"]
+
+[[service.deployment]]
+name = "green"
+backends = ["http://127.0.0.1:5002"]
+scoring_timeout = "9s"
+pinnable = false
+
+[service.deployment.health]
+path = "/live"
+"#;
+
+#[test]
+fn deployments_take_the_services_settings_key_by_key() {
+    let c = parse(TWO_DEPLOYMENTS).unwrap();
+    let s = &c.services[0];
+    let d = s.resolved_deployments();
+    assert_eq!(d.len(), 2);
+    assert_eq!((d[0].name.as_str(), d[1].name.as_str()), ("blue", "green"));
+    assert_eq!(d[0].scoring_timeout, Duration::from_secs(5));
+    assert_eq!(d[1].scoring_timeout, Duration::from_secs(9));
+    assert_eq!(d[1].max_concurrent_requests_per_backend, 2);
+    assert_eq!(
+        (d[0].health.path.as_str(), d[1].health.path.as_str()),
+        ("/", "/live")
+    );
+    assert_eq!(d[1].health.period, Duration::from_secs(3));
+    assert!(d[0].pinnable && !d[1].pinnable);
+    assert_eq!(traffic_string(&s.traffic), "blue=90,green=10");
+    assert!(s.mirror_traffic.is_empty());
+    assert_eq!(s.mirror, MirrorConfig::default());
+}
+
+#[test]
+fn a_backends_service_is_one_default_deployment_at_100() {
+    let c = parse(MINIMAL).unwrap();
+    let s = &c.services[0];
+    let d = s.resolved_deployments();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].name, "default");
+    assert_eq!(d[0].backends, s.backends);
+    assert_eq!(traffic_string(&s.traffic), "default=100");
+    let c = parse(&MINIMAL.replace(
+        "name = \"iris\"",
+        "name = \"iris\"\ntraffic = { default = 0 }",
+    ))
+    .unwrap();
+    assert_eq!(traffic_string(&c.services[0].traffic), "default=0");
+}
+
+#[test]
+fn weights_not_named_are_zero_and_a_mirror_is_kept() {
+    let c = parse(&TWO_DEPLOYMENTS.replace(
+        "traffic = { blue = 90, green = 10 }",
+        "traffic = { blue = 100 }\nmirror_traffic = { green = 10 }\nmirror_headers = [\"X-Tenant\"]\nmirror_queue = 0",
+    ))
+    .unwrap();
+    let s = &c.services[0];
+    assert_eq!(traffic_string(&s.traffic), "blue=100,green=0");
+    assert_eq!(traffic_string(&s.mirror_traffic), "green=10");
+    assert_eq!(s.mirror.headers, vec!["x-tenant".to_string()]);
+    assert_eq!(s.mirror.queue, 0);
+}
+
+/// Every rule of contract §8 is a config error that names its key.
+#[test]
+fn every_deployment_rule_names_its_key() {
+    let t = "traffic = { blue = 90, green = 10 }";
+    let cases: Vec<(String, &str)> = vec![
+        // backends and deployments together
+        (
+            TWO_DEPLOYMENTS.replace(t, &format!("{t}\nbackends = [\"http://127.0.0.1:5009\"]")),
+            "service[0].deployment",
+        ),
+        // several deployments without traffic
+        (TWO_DEPLOYMENTS.replace(t, ""), "service[0].traffic"),
+        // a sum that is neither 100 nor 0
+        (
+            TWO_DEPLOYMENTS.replace(t, "traffic = { blue = 90, green = 20 }"),
+            "service[0].traffic: the live weights sum to 110",
+        ),
+        // not a whole number, out of range
+        (
+            TWO_DEPLOYMENTS.replace(t, "traffic = { blue = 90.5, green = 9.5 }"),
+            "service[0].traffic.blue",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace(t, "traffic = { blue = 101, green = 0 }"),
+            "service[0].traffic.blue",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace(t, "traffic = { blue = -10, green = 110 }"),
+            "service[0].traffic.blue",
+        ),
+        // an unknown deployment
+        (
+            TWO_DEPLOYMENTS.replace(t, "traffic = { blue = 90, red = 10 }"),
+            "service[0].traffic.red",
+        ),
+        (
+            MINIMAL.replace(
+                "name = \"iris\"",
+                "name = \"iris\"\ntraffic = { blue = 100 }",
+            ),
+            "service[0].traffic.blue",
+        ),
+        // the mirror: unknown, more than one, over 50, with live weight
+        (
+            TWO_DEPLOYMENTS.replace(t, &format!("{t}\nmirror_traffic = {{ red = 10 }}")),
+            "service[0].mirror_traffic.red",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace(
+                t,
+                "traffic = { blue = 100 }\nmirror_traffic = { green = 10, blue = 5 }",
+            ),
+            "service[0].mirror_traffic: at most one",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace(
+                t,
+                "traffic = { blue = 100 }\nmirror_traffic = { green = 51 }",
+            ),
+            "service[0].mirror_traffic.green",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace(t, &format!("{t}\nmirror_traffic = {{ green = 10 }}")),
+            "service[0].mirror_traffic.green: \"green\" takes 10 percent",
+        ),
+        // the mirror's settings
+        (
+            TWO_DEPLOYMENTS.replace(t, &format!("{t}\nmirror_headers = [\"Authorization\"]")),
+            "service[0].mirror_headers[0]",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace(t, &format!("{t}\nmirror_headers = [\"bad header\"]")),
+            "service[0].mirror_headers[0]",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace(t, &format!("{t}\nmirror_max_in_flight = 0")),
+            "service[0].mirror_max_in_flight",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace(t, &format!("{t}\nmirror_tolerance = -1.0")),
+            "service[0].mirror_tolerance",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace(t, &format!("{t}\nmirror_max_body = \"big\"")),
+            "service[0].mirror_max_body",
+        ),
+        // deployment names: the service name rules, unique
+        (
+            TWO_DEPLOYMENTS.replace("name = \"green\"", "name = \"Green\""),
+            "service[0].deployment[1].name",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace("name = \"green\"", "name = \"blue\""),
+            "service[0].deployment[1].name: \"blue\" is defined twice",
+        ),
+        // a backend URL in two deployments; none at all; a bad one
+        (
+            TWO_DEPLOYMENTS.replace("5002", "5001"),
+            "service[0].deployment[1].backends[0]",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace("backends = [\"http://127.0.0.1:5002\"]", ""),
+            "service[0].deployment[1].backends",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace("\"http://127.0.0.1:5002\"", "\"ftp://x\""),
+            "service[0].deployment[1].backends[0]",
+        ),
+        // per-deployment settings are checked
+        (
+            TWO_DEPLOYMENTS.replace("scoring_timeout = \"9s\"", "scoring_timeout = \"0s\""),
+            "service[0].deployment[1].scoring_timeout",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace("path = \"/live\"", "path = \"live\""),
+            "service[0].deployment[1].health.path",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace("pinnable = false", "backend_protocol = \"h3\""),
+            "service[0].deployment[1].backend_protocol",
+        ),
+        // service keys only
+        (
+            TWO_DEPLOYMENTS.replace("pinnable = false", "max_body = \"1MiB\""),
+            "service[0].deployment[1].max_body: max_body is a service key only",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace("pinnable = false", "auth = \"none\""),
+            "service[0].deployment[1].auth",
+        ),
+        (
+            TWO_DEPLOYMENTS.replace("pinnable = false", "mirror_traffic = { blue = 1 }"),
+            "service[0].deployment[1].mirror_traffic",
+        ),
+    ];
+    for (text, key) in cases {
+        let e = problems(&text);
+        assert!(e.contains(key), "expected {key:?} in: {e}");
+    }
+}
+
+#[test]
+fn an_unknown_deployment_key_is_an_error() {
+    let e = problems(&TWO_DEPLOYMENTS.replace("pinnable = false", "pinable = false"));
+    assert!(e.contains("pinable"), "{e}");
+}

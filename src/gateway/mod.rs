@@ -2,16 +2,18 @@
 //!
 //! ```text
 //! (server: accept → TLS → HTTP/1.1 or HTTP/2)
-//!   → syntax (400) → route (404/405) → policy (403) → authenticate (401) → limit (429)
+//!   → syntax (400) → route (404/405) → policy (403) → authenticate (401)
+//!   → deploy (404: which deployment) → limit (429)
 //!   → admit (413 declared size, 503 global cap) → forward (502/503/504; 413 streamed)
 //!   → respond → observe (metrics + access log, when the response ends or the client goes)
 //! ```
 //!
-//! Each phase is a small function below or in its own module (`record` is the observe phase,
-//! `respond` the respond phase). Every refusal is a `GatewayError`; `error` turns it into the
+//! Each phase is a small function below or in its own module (`deploy` chooses the deployment,
+//! `record` is the observe phase, `respond` the respond phase). Every refusal is a `GatewayError`; `error` turns it into the
 //! contract's JSON, and `respond::refusal` decides what happens to the request body still on
 //! the wire.
 
+pub mod deploy;
 pub mod record;
 pub mod respond;
 
@@ -30,17 +32,19 @@ use crate::auth::AuthOutcome;
 use crate::client::{ClientIdentity, ConnIdentity};
 use crate::error::{GatewayError, Overload};
 use crate::metrics::Code;
+use crate::mirror::Tee;
 use crate::proxy::body::Leftover;
-use crate::proxy::headers::{self, ForwardedFor, X_MS_CLIENT_REQUEST_ID};
+use crate::proxy::headers::{self, AZUREML_MODEL_DEPLOYMENT, ForwardedFor, X_MS_CLIENT_REQUEST_ID};
 use crate::proxy::pool::PooledBody;
 use crate::proxy::{self, Target};
 use crate::route::{self, Endpoint};
 use crate::state::{Service, Shared, Snapshot};
+use deploy::Chosen;
 use record::{Observed, Record};
 use respond::Refused;
 
 /// What the client gets: the backend's streamed body, or a body the gateway made, observed.
-pub type RespBody = Observed<Either<PooledBody, Full<Bytes>>>;
+pub type RespBody = Observed<Either<Tee<PooledBody>, Full<Bytes>>>;
 
 /// hyper's service entry point.
 pub async fn handle(
@@ -74,23 +78,37 @@ pub async fn handle(
             ));
             (r.await, code)
         }
-        Ok((svc, target)) => {
+        Ok((svc, target, chosen)) => {
+            let dep = &svc.deployments[chosen.index];
             forwarded_headers(&mut parts, &client, &rec.request_id);
-            rec.deployment = 1;
+            parts
+                .headers
+                .insert(AZUREML_MODEL_DEPLOYMENT, dep.header.clone());
+            // Mirror: drawn for an unpinned score request; the copy's headers are taken now.
+            let mirror = deploy::mirror_draw(&svc, chosen, target, &parts);
             let sent_at = Instant::now();
             let forwarded = Box::pin(proxy::forward(
-                &svc.upstream,
-                &svc.forward,
+                &dep.upstream,
+                &dep.forward,
                 target,
                 parts,
                 body,
                 &mut rec.backend,
+                mirror.as_ref().map(deploy::MirrorPlan::max_body),
             ));
             match forwarded.await {
                 Ok(f) => {
-                    rec.backend_elapsed = Some(sent_at.elapsed());
+                    let took = sent_at.elapsed();
+                    rec.backend_elapsed = Some(took);
                     rec.slot = Some(f.slot);
-                    (respond::backend(f.response, &rec), Code::Backend)
+                    let response = match mirror {
+                        Some(m) => {
+                            rec.mirrored = true;
+                            m.submit(f.response, f.request_copy, took, &rec.request_id)
+                        }
+                        None => f.response.map(Tee::plain),
+                    };
+                    (respond::backend(response, &rec), Code::Backend)
                 }
                 Err(f) => {
                     let code = Code::Error(f.error.code_index());
@@ -111,14 +129,15 @@ fn check(
     parts: &http::request::Parts,
     body: &Incoming,
     rec: &mut Record,
-) -> Result<(Arc<Service>, Target), GatewayError> {
+) -> Result<(Arc<Service>, Target, Chosen), GatewayError> {
     syntax(parts, rec)?;
     let (svc, target) = route(snap, parts, rec)?;
     policy(&svc, client)?;
     authenticate(&svc, &parts.headers, rec)?;
+    let chosen = deploy::choose(&svc, &parts.headers, rec)?;
     limit(&svc, client, rec)?;
     admit(shared, snap, &svc, body)?;
-    Ok((svc, target))
+    Ok((svc, target, chosen))
 }
 
 /// Syntax (400): what makes a request malformed whatever its path — the framing headers hyper
@@ -145,6 +164,14 @@ fn syntax(parts: &http::request::Parts, rec: &mut Record) -> Result<(), GatewayE
             ));
         }
         rec.client_request_id = Some(v.clone());
+    }
+    let mut pins = parts.headers.get_all(AZUREML_MODEL_DEPLOYMENT).iter();
+    if let Some(v) = pins.next()
+        && (pins.next().is_some() || v.is_empty())
+    {
+        return Err(GatewayError::BadRequest(
+            "azureml-model-deployment must name one deployment, once",
+        ));
     }
     Ok(())
 }
@@ -226,7 +253,7 @@ fn admit(
     svc: &Service,
     body: &Incoming,
 ) -> Result<(), GatewayError> {
-    let limit = svc.forward.max_body;
+    let limit = svc.config.max_body;
     if body.size_hint().lower() > limit {
         return Err(GatewayError::PayloadTooLarge { limit });
     }

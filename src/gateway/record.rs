@@ -74,6 +74,8 @@ pub struct Record {
     pub rate_limited_by: Option<usize>,
     pub backend: Option<Arc<Backend>>,
     pub backend_elapsed: Option<Duration>,
+    /// A copy of the request went to the mirror deployment.
+    pub mirrored: bool,
     /// The backend slot, held until the response ends.
     pub slot: Option<InFlight>,
     /// Declared request body size (`Content-Length`), when known.
@@ -98,6 +100,23 @@ impl Record {
         if let (Some(shown), Some(svc)) = (self.rate_limit, &self.service) {
             svc.limits.write_headers(shown, h);
         }
+    }
+
+    /// Names the chosen deployment on a response of this request (contract §8: every response
+    /// after the choice).
+    pub fn deployment_header(&self, h: &mut http::HeaderMap) {
+        if let Some(d) = self.chosen_deployment() {
+            h.insert(
+                crate::proxy::headers::AZUREML_MODEL_DEPLOYMENT,
+                d.header.clone(),
+            );
+        }
+    }
+
+    /// The chosen deployment, once the deploy phase has run.
+    pub fn chosen_deployment(&self) -> Option<&crate::state::Deployment> {
+        let i = self.deployment.checked_sub(1)?;
+        self.service.as_ref()?.deployments.get(i)
     }
 
     /// Starts the record of a request (and counts it in flight).
@@ -131,6 +150,7 @@ impl Record {
             rate_limited_by: None,
             backend: None,
             backend_elapsed: None,
+            mirrored: false,
             slot: None,
             bytes_in,
             bytes_out: 0,
@@ -188,6 +208,7 @@ impl Record {
                 method = self.method.as_str(),
                 path = self.path.as_str(),
                 service = self.service.as_ref().map_or("-", |s| s.config.name.as_str()),
+                deployment = self.chosen_deployment().map_or("-", |d| d.name.as_str()),
                 status = logged_status,
                 code = code.as_str(),
                 outcome = end.as_str(),
@@ -202,6 +223,7 @@ impl Record {
                     (Some(s), Some(i)) => s.limits.name(i),
                     _ => "-",
                 },
+                mirrored = self.mirrored,
             );
         }
         self.slot = None;

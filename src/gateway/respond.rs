@@ -13,13 +13,14 @@ use hyper::body::{Body, Incoming};
 
 use super::record::Record;
 use crate::error::GatewayError;
+use crate::mirror::Tee;
 use crate::proxy::body::{DISCARD_MAX, DISCARD_TIMEOUT, Leftover, discard};
 use crate::proxy::headers::{self, X_MS_CLIENT_REQUEST_ID};
 use crate::proxy::pool::PooledBody;
 
 /// The body of a response before observation: the backend's streamed body, or one the gateway
 /// made.
-pub type Answer = Response<Either<PooledBody, Full<Bytes>>>;
+pub type Answer = Response<Either<Tee<PooledBody>, Full<Bytes>>>;
 
 /// A refused request's body is read and thrown away up to this size so the connection can be
 /// reused; anything larger (or of unknown size) closes the connection instead.
@@ -28,7 +29,7 @@ const DRAIN_MAX: u64 = 64 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The backend's answer, passed through with the response header rules applied.
-pub fn backend(resp: Response<PooledBody>, rec: &Record) -> Answer {
+pub fn backend(resp: Response<Tee<PooledBody>>, rec: &Record) -> Answer {
     let (mut parts, body) = resp.into_parts();
     headers::rewrite_response(
         &mut parts.headers,
@@ -36,6 +37,7 @@ pub fn backend(resp: Response<PooledBody>, rec: &Record) -> Answer {
         rec.client_request_id.clone(),
     );
     rec.rate_limit_headers(&mut parts.headers);
+    rec.deployment_header(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
 }
 
@@ -66,6 +68,7 @@ pub async fn refusal(r: Refused, rec: &Record) -> Answer {
         h.insert(X_MS_CLIENT_REQUEST_ID, c.clone());
     }
     rec.rate_limit_headers(h);
+    rec.deployment_header(h);
     let left = match r.body {
         Leftover::Unread(body) if body.is_end_stream() => Leftover::Complete,
         Leftover::Unread(body) if r.version >= Version::HTTP_2 => {

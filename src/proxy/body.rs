@@ -26,8 +26,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Either, Empty};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 /// A body left unread behind an answer is read in the background up to this much, so the stream
@@ -39,8 +40,71 @@ pub const DISCARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// within the timeout.
 pub const PROGRESS_BYTES: u64 = 1024;
 
-/// What the gateway sends upstream: the client's body, or nothing (health probes).
-pub type UpstreamBody = Either<RequestBody, Empty<Bytes>>;
+/// What the gateway sends upstream: the client's body, or one held whole (a mirrored copy;
+/// empty for health probes).
+pub type UpstreamBody = Either<RequestBody, Full<Bytes>>;
+
+/// A copy of a body, taken as it streamed by (contract §8: for a mirror).
+#[derive(Debug)]
+pub enum Copied {
+    /// The whole body, as the frames it came in (shared, not copied).
+    Complete(Vec<Bytes>),
+    /// It grew past the copy's limit; nothing was kept.
+    TooLarge,
+}
+
+/// Keeps the frames of a body up to `max` bytes and hands them over when the body ends. A body
+/// that never ends (an error, a client gone) drops the sender: the receiver sees that.
+pub struct CopyTee {
+    max: u64,
+    size: u64,
+    frames: Vec<Bytes>,
+    too_large: bool,
+    done: Option<oneshot::Sender<Copied>>,
+}
+
+impl CopyTee {
+    /// A tee keeping up to `max` bytes, and the receiver of the copy.
+    pub fn new(max: u64) -> (CopyTee, oneshot::Receiver<Copied>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            CopyTee {
+                max,
+                size: 0,
+                frames: Vec::new(),
+                too_large: false,
+                done: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    /// A frame went by.
+    pub fn data(&mut self, d: &Bytes) {
+        if self.too_large {
+            return;
+        }
+        self.size += d.len() as u64;
+        if self.size > self.max {
+            self.too_large = true;
+            self.frames = Vec::new();
+        } else if !d.is_empty() {
+            self.frames.push(d.clone());
+        }
+    }
+
+    /// The body ended: hand the copy over.
+    pub fn end(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let copy = if self.too_large {
+                Copied::TooLarge
+            } else {
+                Copied::Complete(std::mem::take(&mut self.frames))
+            };
+            let _ = tx.send(copy);
+        }
+    }
+}
 
 /// The body grew past `max_body` while it streamed (413).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -93,18 +157,43 @@ struct SlotInner {
     ended: AtomicBool,
     limit: u64,
     idle: Duration,
+    /// A copy of the body for a mirror, when one was asked for.
+    copy: Option<Mutex<CopyTee>>,
 }
 
 impl BodySlot {
     /// A slot holding `body`, to be sent under `limit` bytes, each KiB within `idle`.
     pub fn new(body: Incoming, limit: u64, idle: Duration) -> BodySlot {
+        Self::with_copy(body, limit, idle, None).0
+    }
+
+    /// `new`, also keeping a copy of the body up to `copy` bytes (for a mirror): the receiver
+    /// gets it once the body has been read to its end.
+    pub fn with_copy(
+        body: Incoming,
+        limit: u64,
+        idle: Duration,
+        copy: Option<u64>,
+    ) -> (BodySlot, Option<oneshot::Receiver<Copied>>) {
         let ended = body.is_end_stream();
-        BodySlot(Arc::new(SlotInner {
+        let (tee, rx) = match copy {
+            Some(max) => {
+                let (mut tee, rx) = CopyTee::new(max);
+                if ended {
+                    tee.end();
+                }
+                (Some(Mutex::new(tee)), Some(rx))
+            }
+            None => (None, None),
+        };
+        let slot = BodySlot(Arc::new(SlotInner {
             body: Mutex::new(Some(body)),
             ended: AtomicBool::new(ended),
             limit,
             idle,
-        }))
+            copy: tee,
+        }));
+        (slot, rx)
     }
 
     /// A body to send: the first one polled takes what is in the slot.
@@ -207,14 +296,23 @@ impl Body for RequestBody {
                     if this.seen - this.credited >= PROGRESS_BYTES {
                         this.credit();
                     }
+                    if let Some(c) = &this.slot.copy {
+                        c.lock().unwrap().data(d);
+                    }
                 }
                 if this.body.as_ref().is_some_and(|b| b.is_end_stream()) {
                     this.slot.ended.store(true, Ordering::Relaxed);
+                    if let Some(c) = &this.slot.copy {
+                        c.lock().unwrap().end();
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
                 this.slot.ended.store(true, Ordering::Relaxed);
+                if let Some(c) = &this.slot.copy {
+                    c.lock().unwrap().end();
+                }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),

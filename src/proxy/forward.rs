@@ -26,7 +26,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::backend::ExchangeResult;
-use super::body::{BodySlot, Leftover, Stalled, TooLarge, UpstreamBody};
+use super::body::{BodySlot, Copied, Leftover, Stalled, TooLarge, UpstreamBody};
 use super::pool::{Pool, PooledBody, SendError};
 use super::upstream::{Backend, InFlight, Refusal, Upstream};
 use crate::config::BackendProtocol;
@@ -60,6 +60,8 @@ pub struct Forwarded {
     pub response: Response<PooledBody>,
     pub backend: Arc<Backend>,
     pub slot: InFlight,
+    /// The copy of the request body asked for (`copy`), once the body has been read.
+    pub request_copy: Option<tokio::sync::oneshot::Receiver<Copied>>,
 }
 
 /// A forward that failed: why, on which backend (when one was chosen), and what is left of the
@@ -87,7 +89,8 @@ fn backend_path(path: &str, query: Option<&str>) -> PathAndQuery {
 
 /// Sends the request to a backend of `up`. `parts` already carries the rewritten headers.
 /// `chosen` is set to each backend as it is chosen, so whoever holds it knows where the request
-/// went even if this future is dropped midway (a client gone).
+/// went even if this future is dropped midway (a client gone). `copy`: also keep a copy of the
+/// request body up to that many bytes (for a mirror).
 pub async fn forward(
     up: &Upstream,
     settings: &ForwardSettings,
@@ -95,6 +98,7 @@ pub async fn forward(
     parts: Parts,
     body: Incoming,
     chosen: &mut Option<Arc<Backend>>,
+    copy: Option<u64>,
 ) -> Result<Forwarded, ForwardError> {
     let path = match target {
         Target::Score => settings.score_path.as_str(),
@@ -102,7 +106,8 @@ pub async fn forward(
     };
     let query = parts.uri.query();
     let mut headers = parts.headers;
-    let slot_body = BodySlot::new(body, settings.max_body, settings.body_idle);
+    let (slot_body, mut request_copy) =
+        BodySlot::with_copy(body, settings.max_body, settings.body_idle, copy);
     let fail = |error, backend| ForwardError {
         error,
         backend,
@@ -148,6 +153,7 @@ pub async fn forward(
                     response: response.map(|b| b.with_idle_limit(settings.scoring_timeout)),
                     backend,
                     slot,
+                    request_copy: request_copy.take(),
                 });
             }
             Err(_) => {

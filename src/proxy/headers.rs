@@ -10,6 +10,12 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// The rate-limit headers (contract §7): the gateway's own, never a backend's.
+/// The deployment a request pins, what the backend is told it was sent to, and what every
+/// response after the choice says (contract §8): the gateway's own on the way back.
+pub const AZUREML_MODEL_DEPLOYMENT: HeaderName =
+    HeaderName::from_static("azureml-model-deployment");
+/// Marks a mirrored copy (contract §8).
+pub const X_SCOREGATE_MIRROR: HeaderName = HeaderName::from_static("x-scoregate-mirror");
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -121,7 +127,7 @@ pub fn rewrite_request(h: &mut HeaderMap, fwd: &ForwardedFor<'_>, request_id: &H
 /// Turns the backend's response headers into the client's: hop-by-hop headers removed (a
 /// response with both `Transfer-Encoding` and `Content-Length` loses the length, RFC 9112 §6.3),
 /// exactly one `x-ms-request-id` (the gateway's), the client's request id echoed (and no other),
-/// and no rate-limit headers (the gateway adds its own).
+/// and no rate-limit or deployment headers (the gateway adds its own).
 pub fn rewrite_response(
     h: &mut HeaderMap,
     request_id: HeaderValue,
@@ -133,6 +139,7 @@ pub fn rewrite_response(
     strip_hop_by_hop(h);
     h.remove(RATELIMIT);
     h.remove(RATELIMIT_POLICY);
+    h.remove(AZUREML_MODEL_DEPLOYMENT);
     h.insert(X_MS_REQUEST_ID, request_id);
     // Only the client's own id is echoed: azmlinfsrv answers the (deprecated) `x-ms-request-id`
     // we forward by echoing it as `x-ms-client-request-id`, which the client never sent.

@@ -18,10 +18,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request};
-use http_body_util::{BodyExt, Either, Empty, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 
 use super::pool::Pool;
 use super::upstream::{Backend, ProbeSettings};
@@ -101,7 +102,7 @@ async fn probe(
     settings: &ProbeSettings,
     path: PathAndQuery,
 ) -> Result<(), String> {
-    let mut req = Request::new(Either::Right(Empty::new()));
+    let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
     *req.method_mut() = Method::GET;
     req.headers_mut().insert(
         header::USER_AGENT,

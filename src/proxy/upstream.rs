@@ -29,7 +29,7 @@ use crate::config::BackendProtocol;
 /// it (Azure ML defaults: 500 ms wait, tens of ms per score); more would time out anyway.
 pub const WAITERS_PER_SLOT: usize = 8;
 /// A cheap per-thread xorshift64 generator, seeded from the std hasher's random keys.
-fn random() -> u64 {
+pub fn random() -> u64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new({
             use std::hash::BuildHasher;
@@ -169,6 +169,16 @@ impl Upstream {
             Attempt::Full
         } else {
             Attempt::NoBackend
+        }
+    }
+
+    /// Takes a slot now or not at all (a mirrored copy never waits, contract §8): `NoBackend`
+    /// when none is available, `QueueFull` when every available one is at `limit`.
+    pub fn try_acquire(&self, limit: usize) -> Result<InFlight, Refusal> {
+        match self.attempt(None, limit) {
+            Attempt::Slot(s) => Ok(s),
+            Attempt::Full => Err(Refusal::QueueFull),
+            Attempt::NoBackend => Err(Refusal::NoBackend),
         }
     }
 

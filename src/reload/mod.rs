@@ -110,12 +110,25 @@ async fn apply(shared: &Arc<Shared>, path: PathBuf) -> Result<ReloadReport, Relo
     .expect("loading a reload does not panic")?;
     let certs_changed = cert_ids(&shared.certs.current()) != cert_ids(&certs);
     let report = changes(&old.config, &mut config, certs_changed);
-    let removed: Vec<String> = old
+    // Series of services, and of deployments, that the new config no longer has.
+    let removed: Vec<(String, Vec<String>)> = old
         .config
         .services
         .iter()
-        .filter(|s| config.service(&s.name).is_none())
-        .map(|s| s.name.clone())
+        .filter_map(|s| {
+            let kept = config.service(&s.name);
+            let gone: Vec<String> = s
+                .deployment_names()
+                .into_iter()
+                .filter(|d| kept.is_none_or(|k| !k.deployment_names().contains(d)))
+                .map(str::to_string)
+                .collect();
+            match kept {
+                None => Some((s.name.clone(), gone)),
+                Some(_) if !gone.is_empty() => Some((s.name.clone(), gone)),
+                Some(_) => None,
+            }
+        })
         .collect();
     // 2.-4. the store plan, build, persist, publish (see `Shared::apply_config`); then the
     // certificates, which nothing after can fail.
@@ -125,10 +138,13 @@ async fn apply(shared: &Arc<Shared>, path: PathBuf) -> Result<ReloadReport, Relo
         crate::tls::log_certificates(&certs, "certificate reloaded");
     }
     shared.certs.publish(certs);
-    for name in removed {
-        shared
-            .metrics
-            .forget_service(&name, &[crate::state::DEFAULT_DEPLOYMENT]);
+    for (name, deployments) in removed {
+        let d: Vec<&str> = deployments.iter().map(String::as_str).collect();
+        if shared.snapshot().service(&name).is_some() {
+            shared.metrics.forget_deployments(&name, &d);
+        } else {
+            shared.metrics.forget_service(&name, &d);
+        }
     }
     Ok(report)
 }

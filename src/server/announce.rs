@@ -60,12 +60,11 @@ pub fn served(shared: &Shared) {
             AuthMode::Token => format!("{program} token {}{config_arg}", s.name),
             AuthMode::None => "none needed (auth = \"none\")".into(),
         };
-        let backends: Vec<String> = s.backends.iter().map(|b| b.to_string()).collect();
         tracing::info!(
             service = %s.name,
             scoring_uri = %format!("{base}/api/v1/service/{}/score", s.name),
             auth = %s.auth.as_str(),
-            backends = %backends.join(","),
+            backends = %s.backends_summary(),
             credential = %credential,
             "service ready"
         );

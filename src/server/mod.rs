@@ -297,6 +297,8 @@ impl Server {
             ..
         } = self;
         shared.ready.store(false, Ordering::SeqCst);
+        // Mirrored copies are neither waited for nor counted in flight (contract §8).
+        shared.cancel_mirrors();
         let _ = phase.send(Phase::Draining);
         for t in accept_tasks {
             let _ = t.await;

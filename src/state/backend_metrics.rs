@@ -72,7 +72,11 @@ impl Collector for BackendCollector {
         let snap = shared.snapshot();
         let mut seen = std::collections::HashSet::new();
         for (name, svc) in &snap.services {
-            for b in &svc.upstream.backends {
+            for b in svc
+                .deployments
+                .iter()
+                .flat_map(|d| d.upstream.backends.iter())
+            {
                 up.with_label_values(&[name.as_str(), b.url.as_str()])
                     .set(i64::from(b.is_available()));
                 if seen.insert(b.url.as_str()) {

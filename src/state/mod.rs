@@ -11,6 +11,7 @@
 //! key's use counts across restarts.
 
 mod backend_metrics;
+pub mod routing;
 mod store_sync;
 pub mod usage;
 
@@ -33,20 +34,52 @@ use crate::proxy::{ForwardSettings, health};
 use crate::store::plan::PlanError;
 use crate::store::{ServiceRecord, Store, StoreError, StoreState};
 use crate::tls::{CertStore, SniResolver, TlsError};
+pub use routing::{Deployment, Routing};
 
-/// The one deployment of a service with `backends` (contract §8).
-pub const DEFAULT_DEPLOYMENT: &str = "default";
+pub use crate::config::DEFAULT_DEPLOYMENT;
 
 /// One configured service, ready for the hot path.
 pub struct Service {
     pub config: ServiceConfig,
     pub auth: ServiceAuth,
     pub policy: AddressPolicy,
-    pub upstream: Upstream,
-    pub forward: ForwardSettings,
+    /// Its deployments, in config order (index `i` counts under metrics deployment `i + 1`).
+    pub deployments: Vec<Deployment>,
+    /// The live split and mirror in force (the config's, or the admin API's).
+    pub routing: Routing,
+    /// The mirror deployment's copy engine, when the split has a mirror.
+    pub mirror: Option<Arc<crate::mirror::Mirror>>,
     pub metrics: ServiceMetrics,
     /// `[[service.rate_limit]]`: the policies and the buckets behind them.
     pub limits: crate::limit::ServiceLimits,
+}
+
+impl Service {
+    /// The admin API's `state` (contract §2, §8): `Unhealthy` while a deployment with live
+    /// weight has no available backend (with all weights 0: while no deployment has one),
+    /// `Degraded` while some backend is down, else `Succeeded`.
+    pub fn state(&self) -> &'static str {
+        let states: Vec<(&'static str, bool)> = self
+            .deployments
+            .iter()
+            .map(|d| {
+                let live = self.routing.traffic.get(&d.name).is_some_and(|w| *w > 0);
+                (d.state(), live)
+            })
+            .collect();
+        let unhealthy = if self.routing.has_live_traffic() {
+            states.iter().any(|(s, live)| *live && *s == "Unhealthy")
+        } else {
+            states.iter().all(|(s, _)| *s == "Unhealthy")
+        };
+        if unhealthy {
+            "Unhealthy"
+        } else if states.iter().any(|(s, _)| *s != "Succeeded") {
+            "Degraded"
+        } else {
+            "Succeeded"
+        }
+    }
 }
 
 /// Everything a request needs, immutable once built. A reload builds a new one and swaps it in.
@@ -115,7 +148,12 @@ pub struct Built {
     backends: Vec<(Arc<Backend>, ProbeSettings, bool)>,
     new_issuers: Vec<Arc<TrustedIssuer>>,
     limits: crate::limit::Pending,
+    /// The mirror queues the snapshot uses, by (service, deployment).
+    mirrors: MirrorQueues,
 }
+
+/// Mirror queues by (service, mirror deployment).
+type MirrorQueues = HashMap<(String, String), Arc<crate::mirror::Queue>>;
 
 /// What a failed admin write reports.
 #[derive(Debug, thiserror::Error)]
@@ -126,8 +164,14 @@ pub enum WriteError {
     NotKeyMode(String),
     #[error("{0}")]
     Invalid(&'static str),
+    /// A traffic split or mirror that breaks a rule of contract §8 (400 `InvalidTraffic`).
+    #[error("{0}")]
+    InvalidTraffic(crate::config::TrafficError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The stored change did not build into a state (it stays stored; a reload retries).
+    #[error("{0}")]
+    Build(String),
 }
 
 /// The process-wide state.
@@ -146,6 +190,9 @@ pub struct Shared {
     backends: Mutex<HashMap<String, Weak<Backend>>>,
     /// Rate-limit buckets by policy, shared by every snapshot that keeps the policy.
     pub limits: crate::limit::Registry,
+    /// Mirror queues in force, shared by every snapshot that keeps the mirror; one that a new
+    /// snapshot drops is cancelled when it is published.
+    mirrors: Mutex<MirrorQueues>,
     /// Serialises everything that writes the store: reloads and admin writes.
     pub writes: tokio::sync::Mutex<()>,
     /// False until started, and again while draining (`/readyz`).
@@ -211,6 +258,8 @@ impl Shared {
         let mut backends: Vec<(Arc<Backend>, ProbeSettings, bool)> = Vec::new();
         let mut services = HashMap::with_capacity(config.services.len());
         let mut limits = crate::limit::Pending::default();
+        let mirrors = self.mirrors.lock().unwrap().clone();
+        let mut mirrors_used = HashMap::new();
         for sc in &config.services {
             let auth = match sc.auth {
                 AuthMode::None => ServiceAuth::None,
@@ -260,46 +309,86 @@ impl Shared {
                     ))
                 }
             };
-            let probe = ProbeSettings {
-                health: sc.health.clone(),
-                protocol: sc.backend_protocol,
-            };
-            let mut ups = Vec::with_capacity(sc.backends.len());
-            for uri in &sc.backends {
-                let fresh = Backend::new(uri);
-                let b = match backends.iter().find(|(b, ..)| b.url == fresh.url) {
-                    Some((b, ..)) => b.clone(),
-                    None => match registry.get(&fresh.url).and_then(Weak::upgrade) {
-                        Some(b) => {
-                            backends.push((b.clone(), probe.clone(), false));
-                            b
-                        }
-                        None => {
-                            let b = Arc::new(fresh);
-                            backends.push((b.clone(), probe.clone(), true));
-                            b
-                        }
-                    },
+            let resolved = sc.resolved_deployments();
+            let mut deployments = Vec::with_capacity(resolved.len());
+            for d in resolved {
+                let probe = ProbeSettings {
+                    health: d.health.clone(),
+                    protocol: d.backend_protocol,
                 };
-                ups.push(b);
+                let mut ups = Vec::with_capacity(d.backends.len());
+                for uri in &d.backends {
+                    let fresh = Backend::new(uri);
+                    let b = match backends.iter().find(|(b, ..)| b.url == fresh.url) {
+                        Some((b, ..)) => b.clone(),
+                        None => match registry.get(&fresh.url).and_then(Weak::upgrade) {
+                            Some(b) => {
+                                backends.push((b.clone(), probe.clone(), false));
+                                b
+                            }
+                            None => {
+                                let b = Arc::new(fresh);
+                                backends.push((b.clone(), probe.clone(), true));
+                                b
+                            }
+                        },
+                    };
+                    ups.push(b);
+                }
+                deployments.push(Deployment {
+                    header: http::HeaderValue::from_str(&d.name)
+                        .expect("a validated deployment name is a header value"),
+                    forward: ForwardSettings {
+                        score_path: d.score_path,
+                        scoring_timeout: d.scoring_timeout,
+                        max_body: sc.max_body,
+                        limit: d.max_concurrent_requests_per_backend,
+                        max_wait: d.max_request_wait_time,
+                        body_idle: config.limits.body_idle_timeout,
+                    },
+                    upstream: Arc::new(Upstream::new(ups, d.backend_protocol)),
+                    pinnable: d.pinnable,
+                    name: d.name,
+                });
             }
+            let names = sc.deployment_names();
+            let rec = state.services.get(&sc.name);
+            let (traffic, mirror) = crate::config::deployment::effective(
+                sc,
+                rec.and_then(|r| r.traffic.as_ref()),
+                rec.and_then(|r| r.mirror_traffic.as_ref()),
+            )
+            .unwrap_or_else(|_| (sc.traffic.clone(), sc.mirror_traffic.clone()));
+            let routing = Routing::new(&names, &traffic, &mirror);
+            let mirror = routing.mirror.map(|(i, _)| {
+                let d: &Deployment = &deployments[i];
+                let key = (sc.name.clone(), d.name.clone());
+                let queue = match mirrors.get(&key) {
+                    Some(q) if q.fits(sc.mirror.max_in_flight) => q.clone(),
+                    _ => crate::mirror::Queue::new(sc.mirror.max_in_flight),
+                };
+                mirrors_used.insert(key, queue.clone());
+                Arc::new(crate::mirror::Mirror::new(
+                    &sc.name,
+                    &d.name,
+                    d.upstream.clone(),
+                    d.forward.clone(),
+                    sc.mirror.clone(),
+                    queue,
+                    self.metrics.for_mirror(&sc.name, &d.name),
+                ))
+            });
             let svc = Service {
-                forward: ForwardSettings {
-                    score_path: sc.score_path.clone(),
-                    scoring_timeout: sc.scoring_timeout,
-                    max_body: sc.max_body,
-                    limit: sc.max_concurrent_requests_per_backend,
-                    max_wait: sc.max_request_wait_time,
-                    body_idle: config.limits.body_idle_timeout,
-                },
+                mirror,
                 config: sc.clone(),
                 auth,
                 policy: AddressPolicy {
                     allow: sc.allow.clone(),
                     deny: sc.deny.clone(),
                 },
-                upstream: Upstream::new(ups, sc.backend_protocol),
-                metrics: self.metrics.for_service(&sc.name, &[DEFAULT_DEPLOYMENT]),
+                routing,
+                deployments,
+                metrics: self.metrics.for_service(&sc.name, &names),
                 limits: self.limits.build(sc, &mut limits),
             };
             services.insert(sc.name.clone(), Arc::new(svc));
@@ -324,6 +413,7 @@ impl Shared {
             backends,
             new_issuers,
             limits,
+            mirrors: mirrors_used,
         })
     }
 
@@ -338,6 +428,7 @@ impl Shared {
             backends,
             new_issuers,
             limits,
+            mirrors,
         } = built;
         {
             let mut ring = BTreeMap::new();
@@ -365,8 +456,27 @@ impl Shared {
             i.start_refresh();
         }
         self.limits.publish(limits);
+        {
+            let mut old = self.mirrors.lock().unwrap();
+            for (key, q) in old.iter() {
+                if mirrors.get(key).is_none_or(|n| !Arc::ptr_eq(n, q)) {
+                    q.cancel();
+                }
+            }
+            *old = mirrors;
+        }
         *self.state.lock().unwrap() = state;
         self.snapshot.store(Arc::new(snapshot));
+    }
+}
+
+impl Shared {
+    /// Cancels every mirrored copy not yet sent (the drain: copies are neither waited for nor
+    /// counted in flight).
+    pub fn cancel_mirrors(&self) {
+        for q in self.mirrors.lock().unwrap().values() {
+            q.cancel();
+        }
     }
 }
 

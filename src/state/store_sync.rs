@@ -95,6 +95,7 @@ impl Shared {
             metrics,
             backends: std::sync::Mutex::default(),
             limits,
+            mirrors: std::sync::Mutex::default(),
             writes: tokio::sync::Mutex::new(()),
             ready: Default::default(),
             store_ready: std::sync::atomic::AtomicBool::new(true),
@@ -315,6 +316,85 @@ impl Shared {
         unreachable!("the loop returns")
     }
 
+    /// `PUT /v1/services/NAME/traffic` (contract §8): replaces the live split (`traffic`: every
+    /// deployment it omits gets 0) and/or the mirror (`mirror`: `{}` clears it); a member not
+    /// given keeps its value. Checked, persisted (fleet-wide with a shared store; `updatedAt`
+    /// bumped), then put in force. Returns both in force. On any error nothing changes.
+    pub async fn set_traffic(
+        &self,
+        name: &str,
+        traffic: Option<&BTreeMap<String, u32>>,
+        mirror: Option<&BTreeMap<String, u32>>,
+    ) -> Result<(crate::config::Traffic, crate::config::Traffic), WriteError> {
+        use crate::config::deployment::{check_traffic, full_traffic, mirror_only};
+        use crate::store::plan::traffic_fingerprint;
+        use crate::store::records::record_applied;
+        let _w = self.writes.lock().await;
+        let snap = self.snapshot();
+        let svc = snap
+            .service(name)
+            .ok_or_else(|| WriteError::UnknownService(name.into()))?;
+        let names = svc.config.deployment_names();
+        let widen = |t: &crate::config::Traffic| -> BTreeMap<String, u32> {
+            t.iter().map(|(n, w)| (n.clone(), u32::from(*w))).collect()
+        };
+        let t = traffic
+            .cloned()
+            .unwrap_or_else(|| widen(&svc.routing.traffic));
+        let m = mirror
+            .cloned()
+            .unwrap_or_else(|| widen(&svc.routing.mirror_traffic));
+        check_traffic(&names, &t, &m).map_err(WriteError::InvalidTraffic)?;
+        let (t, m) = (full_traffic(&names, &t), mirror_only(&m));
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let base = self.store.read().await?;
+            let known = self.record(name);
+            let Some(rec) = base.services.get(name).or(known.as_ref()) else {
+                return Err(WriteError::UnknownService(name.into()));
+            };
+            let mut next_rec = rec.clone();
+            next_rec.traffic = Some(t.clone());
+            next_rec.mirror_traffic = Some(m.clone());
+            // Against the config the latest action wins: this value stays until the config's
+            // own value changes.
+            record_applied(
+                &mut next_rec.applied,
+                "traffic",
+                traffic_fingerprint(&svc.config.traffic),
+            );
+            record_applied(
+                &mut next_rec.applied,
+                "mirror_traffic",
+                traffic_fingerprint(&svc.config.mirror_traffic),
+            );
+            if base.services.get(name) == Some(&next_rec) {
+                return Ok((t, m));
+            }
+            next_rec.revision = rec.revision + 1;
+            next_rec.updated_at = crate::store::plan::rfc3339(SystemTime::now());
+            let mut next = base.clone();
+            next.services.insert(name.into(), next_rec);
+            match self.store.commit(&base, &next).await {
+                Ok(()) => {
+                    // Other records as this replica knows them; this one as written.
+                    let mut state = self.state();
+                    state
+                        .services
+                        .insert(name.into(), next.services[name].clone());
+                    let built = self
+                        .build((*snap.config).clone(), state, snap.issuers.clone())
+                        .map_err(|e| WriteError::Build(e.to_string()))?;
+                    self.publish(built);
+                    tracing::info!(service = name, traffic = %crate::config::traffic_string(&t), mirror = %traffic_fingerprint(&m), "traffic split changed");
+                    return Ok((t, m));
+                }
+                Err(StoreError::Conflict) if attempt < WRITE_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
     /// Writes back what this replica knows to a store that lost its data: each record only
     /// while the store lacks it or holds a lower revision (the newest copy any replica holds
     /// wins; keys are never regenerated for it, a revoked key never comes back over a newer one).
@@ -439,18 +519,15 @@ impl Shared {
     fn take_in(self: &Arc<Self>, new: StoreState) {
         let snap = self.snapshot();
         let needs_rebuild = snap.config.services.iter().any(|s| {
-            let had = self
-                .state
-                .lock()
-                .unwrap()
-                .services
-                .get(&s.name)
-                .is_some_and(|r| r.primary_key.is_some());
-            let has = new
-                .services
-                .get(&s.name)
-                .is_some_and(|r| r.primary_key.is_some());
-            had != has
+            let state = self.state.lock().unwrap();
+            let (old_rec, new_rec) = (state.services.get(&s.name), new.services.get(&s.name));
+            let had = old_rec.is_some_and(|r| r.primary_key.is_some());
+            let has = new_rec.is_some_and(|r| r.primary_key.is_some());
+            // A traffic split or mirror set through another replica's admin API.
+            let routing = |r: Option<&crate::store::ServiceRecord>| {
+                r.map(|r| (r.traffic.clone(), r.mirror_traffic.clone()))
+            };
+            had != has || routing(old_rec) != routing(new_rec)
         });
         if needs_rebuild {
             match self.build((*snap.config).clone(), new.clone(), snap.issuers.clone()) {

@@ -264,6 +264,8 @@ mod tests {
                 applied: Default::default(),
                 primary_preset: None,
                 secondary_preset: None,
+                traffic: None,
+                mirror_traffic: None,
             },
         );
         store.write(&st).unwrap();

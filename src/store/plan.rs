@@ -138,6 +138,8 @@ pub fn plan_service(
             applied: BTreeMap::new(),
             primary_preset: None,
             secondary_preset: None,
+            traffic: None,
+            mirror_traffic: None,
         },
     };
     // Earlier versions kept the preset fingerprints in fields of their own.
@@ -209,6 +211,7 @@ pub fn plan_service(
             return Err(PlanError::KeysEqual(svc.name.clone()));
         }
     }
+    plan_traffic(&mut rec, svc, ctx, &mut warnings);
     match current {
         Some(o) if *o == rec => Ok((None, warnings)),
         Some(o) => {
@@ -220,6 +223,90 @@ pub fn plan_service(
             rec.revision = 1;
             Ok((Some(rec), warnings))
         }
+    }
+}
+
+/// The fingerprint of a split or mirror as configured (`-` for no mirror).
+pub fn traffic_fingerprint(t: &crate::config::Traffic) -> String {
+    if t.is_empty() {
+        "-".into()
+    } else {
+        crate::config::traffic_string(t)
+    }
+}
+
+/// `traffic` and `mirror_traffic` (contract §8), latest action wins: a value stored by the
+/// admin API stays until the config's effective value changes (then the config's is in
+/// force); a config value applied once and replaced since is superseded while another replica
+/// serves the service (a rollout on two config versions), and applied again otherwise (a
+/// single replica rolled back). A stored value that no longer fits the deployments is dropped
+/// for the config's, with a warning. Services whose split was never set through the API
+/// remember nothing (no store write for them).
+fn plan_traffic(
+    rec: &mut ServiceRecord,
+    svc: &ServiceConfig,
+    ctx: &PlanCtx<'_>,
+    warnings: &mut Vec<String>,
+) {
+    for mirror in [false, true] {
+        let (field, config_value) = if mirror {
+            ("mirror_traffic", &svc.mirror_traffic)
+        } else {
+            ("traffic", &svc.traffic)
+        };
+        let stored_is_some = if mirror {
+            rec.mirror_traffic.is_some()
+        } else {
+            rec.traffic.is_some()
+        };
+        if !stored_is_some && !rec.applied.contains_key(field) {
+            continue;
+        }
+        let fp = traffic_fingerprint(config_value);
+        let apply = match decide(&rec.applied, field, &fp) {
+            Decision::Keep => false,
+            Decision::Apply => true,
+            Decision::Superseded if (ctx.others_serve)(&svc.name, None) => {
+                warnings.push(format!(
+                    "service {:?}: {field} = {{{fp}}} was replaced in the shared store since; keeping the store's (another replica has a newer config)",
+                    svc.name
+                ));
+                false
+            }
+            Decision::Superseded => true,
+        };
+        if apply {
+            if mirror {
+                rec.mirror_traffic = None;
+            } else {
+                rec.traffic = None;
+            }
+            record_applied(&mut rec.applied, field, fp);
+        }
+    }
+    if (rec.traffic.is_some() || rec.mirror_traffic.is_some())
+        && let Err(e) = crate::config::deployment::effective(
+            svc,
+            rec.traffic.as_ref(),
+            rec.mirror_traffic.as_ref(),
+        )
+    {
+        warnings.push(format!(
+            "service {:?}: the traffic split set through the admin API does not fit the configured deployments ({e}); the config's is in force",
+            svc.name
+        ));
+        rec.traffic = None;
+        rec.mirror_traffic = None;
+        record_applied(
+            &mut rec.applied,
+            "traffic",
+            traffic_fingerprint(&svc.traffic),
+        );
+        record_applied(
+            &mut rec.applied,
+            "mirror_traffic",
+            traffic_fingerprint(&svc.mirror_traffic),
+        );
     }
 }
 
@@ -364,6 +451,94 @@ mod tests {
 
     fn plan_now(cur: &StoreState, c: &Config) -> StoreState {
         plan_at(cur, c, SystemTime::now())
+    }
+
+    fn two(traffic: &[(&str, u8)]) -> ServiceConfig {
+        use crate::config::DeploymentConfig;
+        let d = |n: &str, port: u16| {
+            DeploymentConfig::new(n, vec![format!("http://127.0.0.1:{port}").parse().unwrap()])
+        };
+        svc("iris", AuthMode::None).with_deployments(vec![d("blue", 1), d("green", 2)], traffic)
+    }
+
+    /// A split stored through the admin API, as `Shared::set_traffic` writes it.
+    fn put(st: &StoreState, s: &ServiceConfig, blue: u8, green: u8) -> StoreState {
+        let mut st = st.clone();
+        let rec = st.services.get_mut("iris").unwrap();
+        rec.traffic = Some([("blue".into(), blue), ("green".into(), green)].into());
+        rec.mirror_traffic = Some(Default::default());
+        record_applied(&mut rec.applied, "traffic", traffic_fingerprint(&s.traffic));
+        record_applied(
+            &mut rec.applied,
+            "mirror_traffic",
+            traffic_fingerprint(&s.mirror_traffic),
+        );
+        st
+    }
+
+    #[test]
+    fn a_stored_split_follows_latest_action_wins() {
+        let a = two(&[("blue", 100)]);
+        let st = plan_now(&StoreState::default(), &config(vec![a.clone()]));
+        // Never set through the API: nothing is remembered (no store write for it).
+        assert_eq!(st.services["iris"].traffic, None);
+        assert!(!st.services["iris"].applied.contains_key("traffic"));
+        let st = put(&st, &a, 40, 60);
+        // The same config keeps the stored split.
+        let kept = plan_now(&st, &config(vec![a.clone()]));
+        assert_eq!(kept.services["iris"].traffic, st.services["iris"].traffic);
+        // A changed config value replaces it.
+        let b = two(&[("green", 100)]);
+        let changed = plan_now(&kept, &config(vec![b.clone()]));
+        assert_eq!(changed.services["iris"].traffic, None);
+        assert!(changed.services["iris"].revision > kept.services["iris"].revision);
+        // Back to the first config: a single replica applies it (a rollback of the file)...
+        let st2 = put(&changed, &b, 30, 70);
+        let back = plan_now(&st2, &config(vec![a.clone()]));
+        assert_eq!(back.services["iris"].traffic, None);
+        // ...while with another replica serving the service, the old value is superseded: a
+        // replica still on the old config does not undo the newer one.
+        let others = |_: &str, _| true;
+        let fp = sha256_fingerprint;
+        let ctx = PlanCtx {
+            now: SystemTime::now(),
+            fingerprint: &fp,
+            activation_delay: Duration::ZERO,
+            others_serve: &others,
+        };
+        let (fleet, warnings) = plan(&st2, &config(vec![a.clone()]), &ctx).unwrap();
+        assert_eq!(fleet.services["iris"].traffic, st2.services["iris"].traffic);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+    }
+
+    #[test]
+    fn a_stored_split_that_no_longer_fits_gives_way_to_the_configs() {
+        let a = two(&[("blue", 100)]);
+        let st = plan_now(&StoreState::default(), &config(vec![a.clone()]));
+        let st = put(&st, &a, 0, 100);
+        // green is gone from the config (whose traffic string is unchanged: blue=100,green=0
+        // becomes blue=100, a change anyway); here the stored split names a missing deployment
+        // with a live weight.
+        let mut one = a.clone();
+        one.deployments.truncate(1);
+        one.traffic.remove("green");
+        let mut rec_applied = st.clone();
+        record_applied(
+            &mut rec_applied.services.get_mut("iris").unwrap().applied,
+            "traffic",
+            traffic_fingerprint(&one.traffic),
+        );
+        let (next, warnings) = plan(
+            &rec_applied,
+            &config(vec![one]),
+            &PlanCtx::single(SystemTime::now(), &sha256_fingerprint),
+        )
+        .unwrap();
+        assert_eq!(next.services["iris"].traffic, None);
+        assert!(
+            warnings.iter().any(|w| w.contains("does not fit")),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -59,6 +59,14 @@ pub struct ServiceRecord {
     /// The config values applied to this record, by field (see the module comment).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub applied: BTreeMap<String, Applied>,
+    /// The live traffic split set through the admin API (`PUT .../traffic`), every deployment
+    /// with its weight; `None`: the config's is in force (contract §8: the latest action wins,
+    /// with `applied["traffic"]` remembering the config value it was set against).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<BTreeMap<String, u8>>,
+    /// The mirror set through the admin API (`{}`: none); `None`: the config's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_traffic: Option<BTreeMap<String, u8>>,
     /// Earlier versions' preset fingerprints (read once, moved into `applied`).
     #[serde(default, skip_serializing)]
     pub primary_preset: Option<String>,
