@@ -9,6 +9,7 @@
 //! `store_sync` starts the state from the store, keeps it in step with a shared store (changes
 //! other replicas make, data loss, outages) and makes the admin API's writes.
 
+mod limits;
 mod store_sync;
 
 use std::collections::{BTreeMap, HashMap};
