@@ -621,4 +621,107 @@ mod tests {
         // The refused request took nothing from its client's ten buckets.
         assert_eq!(l.policies[0].table.len(), 1);
     }
+
+    /// A store that answers as told: `Some(answer)`, or fails.
+    struct FakeStore {
+        up: AtomicBool,
+        replicas: AtomicU64,
+        answer: Mutex<Option<fleet::Answer>>,
+        calls: AtomicU64,
+    }
+
+    impl SharedBuckets for FakeStore {
+        fn is_up(&self) -> bool {
+            self.up.load(Ordering::Relaxed)
+        }
+        fn live_replicas(&self) -> u64 {
+            self.replicas.load(Ordering::Relaxed)
+        }
+        fn prefix(&self) -> &str {
+            "p:"
+        }
+        fn take(
+            self: Arc<Self>,
+            keys: Vec<String>,
+            params: &[i64],
+            _timeout: Duration,
+        ) -> fleet::Pending {
+            assert_eq!(params.len(), 2 * keys.len());
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let a = self.answer.lock().unwrap().clone();
+            Box::pin(async move { a.ok_or_else(|| "down".to_string()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fleet_limiter_falls_back_by_the_outage_rules() {
+        let prom = prometheus::Registry::new();
+        let reg = Registry::new(&prom);
+        let store = Arc::new(FakeStore {
+            up: AtomicBool::new(true),
+            replicas: AtomicU64::new(3),
+            answer: Mutex::new(None),
+            calls: AtomicU64::new(0),
+        });
+        reg.share(store.clone(), Duration::from_millis(50));
+        let sc = service(vec![
+            rl("client", RateLimitBy::Client, 100, 60, 100),
+            rl("svc", RateLimitBy::Service, 10, 60, 10),
+        ]);
+        let l = built(&reg, &sc);
+        assert!(l.is_shared());
+        assert_eq!(
+            l.shared.iter().map(|p| &*p.stem).collect::<Vec<_>>(),
+            ["p:rl:iris:client:client:", "p:rl:iris:svc:service:"]
+        );
+        // A service without policies is never shared: nothing to ask the store.
+        assert!(!built(&reg, &service(vec![])).is_shared());
+        let degraded = || reg.metrics.degraded.get();
+        let c = ip("10.0.0.1");
+
+        // The store answers: its verdict, shown as decide reads it.
+        *store.answer.lock().unwrap() = Some(fleet::Answer {
+            admitted: true,
+            now_us: 5_000_000,
+            tats_us: vec![0, 0],
+        });
+        let shown = l.check_shared(c, A).await.unwrap().unwrap();
+        assert_eq!((shown.policy, shown.remaining), (0, 99));
+        assert_eq!(degraded(), 0);
+        assert_eq!(l.policies[1].table.len(), 0, "nothing kept locally");
+
+        // It fails: decided locally, `svc` divided by 3 live replicas (ceil(10 / 3) = 4).
+        *store.answer.lock().unwrap() = None;
+        for _ in 0..4 {
+            assert!(l.check_shared(c, A).await.is_ok());
+        }
+        let e = l.check_shared(c, A).await.unwrap_err();
+        assert_eq!((&*e.policy, e.retry_after), ("svc", 15));
+        assert_eq!(degraded(), 1);
+
+        // Unreachable: not even asked, still the same local buckets (the same outage).
+        store.up.store(false, Ordering::Relaxed);
+        let calls = store.calls.load(Ordering::Relaxed);
+        assert!(l.check_shared(c, A).await.is_err());
+        assert_eq!(store.calls.load(Ordering::Relaxed), calls);
+
+        // Back: shared again, the gauge 0.
+        store.up.store(true, Ordering::Relaxed);
+        *store.answer.lock().unwrap() = Some(fleet::Answer {
+            admitted: true,
+            now_us: 6_000_000,
+            tats_us: vec![0, 0],
+        });
+        assert!(l.check_shared(c, A).await.is_ok());
+        assert_eq!(degraded(), 0);
+
+        // The next outage starts full; now with one live replica: `svc` at its full 10.
+        *store.answer.lock().unwrap() = None;
+        store.replicas.store(0, Ordering::Relaxed);
+        for i in 0..10 {
+            assert!(l.check_shared(c, A).await.is_ok(), "request {i}");
+        }
+        assert!(l.check_shared(c, A).await.is_err());
+        assert_eq!(degraded(), 1);
+    }
 }
