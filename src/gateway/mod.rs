@@ -68,7 +68,7 @@ pub async fn handle(
         expects_continue,
     };
 
-    let (resp, code) = match check(&shared, &snap, &client, &parts, &body, &mut rec) {
+    let (resp, code) = match check(&shared, &snap, &client, &parts, &body, &mut rec).await {
         Err(error) => {
             let code = Code::Error(error.code_index());
             // Boxed: hyper keeps room for this future on every connection, busy or idle.
@@ -121,8 +121,9 @@ pub async fn handle(
     Ok(rec.attach(resp, code))
 }
 
-/// The phases before any backend work, in the contract's order.
-fn check(
+/// The phases before any backend work, in the contract's order. Only the limit phase of a
+/// service whose limits are shared through the store ever waits.
+async fn check(
     shared: &Shared,
     snap: &Snapshot,
     client: &ClientIdentity,
@@ -135,7 +136,7 @@ fn check(
     policy(&svc, client)?;
     authenticate(&svc, &parts.headers, rec)?;
     let chosen = deploy::choose(&svc, &parts.headers, rec)?;
-    limit(&svc, client, rec)?;
+    limit(&svc, client, rec).await?;
     admit(shared, snap, &svc, body)?;
     Ok((svc, target, chosen))
 }
@@ -224,12 +225,23 @@ fn authenticate(svc: &Service, h: &http::HeaderMap, rec: &mut Record) -> Result<
 }
 
 /// Limit (429): one token from every rate-limit policy of the service, or none (`limit`). From
-/// here on every answer carries the `RateLimit` headers the decision chose (`respond`).
-fn limit(svc: &Service, client: &ClientIdentity, rec: &mut Record) -> Result<(), GatewayError> {
+/// here on every answer carries the `RateLimit` headers the decision chose (`respond`). With a
+/// shared store the decision is one store script (boxed: only those requests pay for the
+/// room), bounded by `rate_limit_timeout` and decided locally past it.
+async fn limit(
+    svc: &Service,
+    client: &ClientIdentity,
+    rec: &mut Record,
+) -> Result<(), GatewayError> {
     if svc.limits.is_empty() {
         return Ok(());
     }
-    match svc.limits.check(client.ip, rec.auth) {
+    let decided = if svc.limits.is_shared() {
+        Box::pin(svc.limits.check_shared(client.ip, rec.auth)).await
+    } else {
+        svc.limits.check(client.ip, rec.auth)
+    };
+    match decided {
         Ok(shown) => {
             rec.rate_limit = shown;
             Ok(())

@@ -13,14 +13,15 @@
 //! the limiter that decides), the key of a request in each policy (`key`), and `Registry`, in
 //! `Shared`, which keeps the tables across reloads by (service, name) and sweeps them.
 //!
-//! **Where the fleet-wide limiter plugs in.** `Limiter` is chosen per snapshot. Only `Local`
-//! exists: the buckets are this replica's tables, locked in a fixed order for the length of one
-//! `decide`. With `store = "redis"` a `Fleet` variant will run the same `decide` arithmetic in
-//! one store script per request (all of the service's policies, on the store's clock) and fall
-//! back to `Local` — with `by = "service"` policies divided by the live replicas — when the
-//! script fails or takes longer than `rate_limit_timeout`; that call is awaited, so the gateway's
-//! limit phase will `match` on the limiter (`Local` stays synchronous).
+//! **Which limiter decides.** `Limiter` is chosen per snapshot. `Local`: the buckets are this
+//! replica's tables, locked in a fixed order for the length of one `decide` (synchronous).
+//! `Fleet` (`store = "redis"`, see `fleet`): one store script per request decides for all of the
+//! service's policies on the store's clock (`check_shared`, awaited); a script that fails or
+//! takes longer than `rate_limit_timeout` is decided on this replica's tables instead, with
+//! `by = "service"` policies divided by the live replicas, buckets full at the start of each
+//! outage.
 
+pub mod fleet;
 pub mod gcra;
 pub mod headers;
 pub mod metrics;
@@ -29,7 +30,7 @@ pub mod table;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -40,6 +41,7 @@ use crate::auth::AuthOutcome;
 use crate::auth::keys::KeySlot;
 use crate::config::{RateLimitBy, RateLimitConfig, ServiceConfig};
 use crate::proxy::headers::{RATELIMIT, RATELIMIT_POLICY};
+use fleet::{Fleet, SharedBuckets, SharedPolicy};
 pub use gcra::{Decision, Gcra, Shown};
 use headers::Rendered;
 use metrics::LimitMetrics;
@@ -66,6 +68,8 @@ pub struct Policy {
 pub enum Limiter {
     /// This replica's buckets.
     Local,
+    /// The shared store's buckets, this replica's when the store does not answer in time.
+    Fleet(Arc<Fleet>),
 }
 
 /// A service's rate limits in one snapshot.
@@ -78,6 +82,10 @@ pub struct ServiceLimits {
     lock_order: Box<[usize]>,
     /// `lock_pos[i]`: where policy `i` is in `lock_order`.
     lock_pos: Box<[usize]>,
+    /// With `Limiter::Fleet`: each policy's keys and parameters in the store, and those
+    /// parameters as the script takes them (two per policy); empty otherwise.
+    shared: Box<[SharedPolicy]>,
+    shared_params: Box<[i64]>,
 }
 
 /// A refused request: the policy named in the answer and the wait.
@@ -97,7 +105,14 @@ impl ServiceLimits {
             policies: Box::new([]),
             lock_order: Box::new([]),
             lock_pos: Box::new([]),
+            shared: Box::new([]),
+            shared_params: Box::new([]),
         }
+    }
+
+    /// Whether decisions go through the shared store (`check_shared`).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.limiter, Limiter::Fleet(_))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -129,34 +144,57 @@ impl ServiceLimits {
         ip: IpAddr,
         auth: AuthOutcome,
     ) -> Result<Option<Shown>, Refusal> {
-        let n = self.policies.len();
-        if n == 0 {
+        self.finish(self.decide_locally(now, ip, auth, 1))
+    }
+
+    /// The limit phase through the shared store (`Limiter::Fleet`): one script call for all of
+    /// the service's policies, bounded by `rate_limit_timeout`; decided on this replica's tables
+    /// when the store is known to be unreachable or the call fails or is late (never an error
+    /// because of the store). With `Limiter::Local`, the same as `check`.
+    pub async fn check_shared(
+        &self,
+        ip: IpAddr,
+        auth: AuthOutcome,
+    ) -> Result<Option<Shown>, Refusal> {
+        let Limiter::Fleet(f) = &self.limiter else {
+            return self.check(ip, auth);
+        };
+        if self.policies.is_empty() {
             return Ok(None);
         }
-        let decision = match self.limiter {
-            Limiter::Local if n <= INLINE => {
-                let mut keys = [0u64; INLINE];
-                let mut tats = [0u64; INLINE];
-                let mut gcras = [Gcra { t: 1, tau: 1 }; INLINE];
-                let mut guards: [Option<MutexGuard<'_, Shard>>; INLINE] = Default::default();
-                self.local(
-                    now,
-                    ip,
-                    auth,
-                    &mut keys[..n],
-                    &mut tats[..n],
-                    &mut gcras[..n],
-                    &mut guards[..n],
-                )
+        let why = if f.store.is_up() {
+            let keys = self
+                .shared
+                .iter()
+                .zip(self.policies.iter())
+                .map(|(s, p)| s.key(key(p.config.by, ip, auth)))
+                .collect();
+            match f
+                .store
+                .clone()
+                .take(keys, &self.shared_params, f.timeout)
+                .await
+            {
+                Ok(answer) => {
+                    f.answered();
+                    return self.finish(fleet::read_answer(&answer, &self.shared, |i| {
+                        self.policies[i].config.by != RateLimitBy::Service
+                    }));
+                }
+                Err(why) => why,
             }
-            Limiter::Local => {
-                let mut keys = vec![0u64; n];
-                let mut tats = vec![0u64; n];
-                let mut gcras = vec![Gcra { t: 1, tau: 1 }; n];
-                let mut guards: Vec<Option<MutexGuard<'_, Shard>>> = (0..n).map(|_| None).collect();
-                self.local(now, ip, auth, &mut keys, &mut tats, &mut gcras, &mut guards)
-            }
+        } else {
+            "the shared store is unreachable".to_string()
         };
+        let episode = f.local(&why);
+        for p in self.policies.iter() {
+            p.table.start_episode(episode);
+        }
+        self.finish(self.decide_locally(self.now(), ip, auth, f.divisor()))
+    }
+
+    /// A decision as the phase answers it; a refusal is counted.
+    fn finish(&self, decision: Decision) -> Result<Option<Shown>, Refusal> {
         match decision {
             Decision::Admit(shown) => Ok(shown),
             Decision::Refuse { shown, retry_after } => {
@@ -171,6 +209,46 @@ impl ServiceLimits {
         }
     }
 
+    /// Decides on this replica's tables; `by = "service"` policies with `requests` and `burst`
+    /// divided by `divisor` (rounded up, at least 1; 1: as configured).
+    fn decide_locally(&self, now: u64, ip: IpAddr, auth: AuthOutcome, divisor: u64) -> Decision {
+        let n = self.policies.len();
+        if n == 0 {
+            return Decision::Admit(None);
+        }
+        if n <= INLINE {
+            let mut keys = [0u64; INLINE];
+            let mut tats = [0u64; INLINE];
+            let mut gcras = [Gcra { t: 1, tau: 1 }; INLINE];
+            let mut guards: [Option<MutexGuard<'_, Shard>>; INLINE] = Default::default();
+            self.local(
+                now,
+                ip,
+                auth,
+                divisor,
+                &mut keys[..n],
+                &mut tats[..n],
+                &mut gcras[..n],
+                &mut guards[..n],
+            )
+        } else {
+            let mut keys = vec![0u64; n];
+            let mut tats = vec![0u64; n];
+            let mut gcras = vec![Gcra { t: 1, tau: 1 }; n];
+            let mut guards: Vec<Option<MutexGuard<'_, Shard>>> = (0..n).map(|_| None).collect();
+            self.local(
+                now,
+                ip,
+                auth,
+                divisor,
+                &mut keys,
+                &mut tats,
+                &mut gcras,
+                &mut guards,
+            )
+        }
+    }
+
     /// The local limiter: lock each policy's shard for this request's key (in `lock_order`),
     /// read the buckets, decide, write them back on an admit, unlock.
     #[allow(clippy::too_many_arguments)]
@@ -179,6 +257,7 @@ impl ServiceLimits {
         now: u64,
         ip: IpAddr,
         auth: AuthOutcome,
+        divisor: u64,
         keys: &mut [u64],
         tats: &mut [u64],
         gcras: &mut [Gcra],
@@ -193,7 +272,16 @@ impl ServiceLimits {
         for i in 0..self.policies.len() {
             let shard = guards[self.lock_pos[i]].as_ref().expect("locked above");
             tats[i] = shard.tat(keys[i]);
-            gcras[i] = shard.gcra;
+            let c = &self.policies[i].config;
+            gcras[i] = if divisor > 1 && c.by == RateLimitBy::Service {
+                Gcra::new(
+                    c.requests.div_ceil(divisor),
+                    c.per.as_secs(),
+                    c.burst.div_ceil(divisor),
+                )
+            } else {
+                shard.gcra
+            };
         }
         let decision = gcra::decide(now, gcras, tats, |i| {
             self.policies[i].config.by != RateLimitBy::Service
@@ -265,6 +353,8 @@ pub struct Registry {
     pub metrics: LimitMetrics,
     sweeping: AtomicBool,
     max_buckets: usize,
+    /// With a shared store: the fleet limiter every snapshot's services use (`share`).
+    fleet: OnceLock<Arc<Fleet>>,
 }
 
 /// What `Registry::publish` puts in force for one built snapshot.
@@ -287,7 +377,18 @@ impl Registry {
             metrics: LimitMetrics::new(registry),
             sweeping: AtomicBool::new(false),
             max_buckets,
+            fleet: OnceLock::new(),
         }
+    }
+
+    /// Decides through the shared store from now on (`store = "redis"`; called once at start,
+    /// before the first snapshot is built), each script call bounded by `timeout`.
+    pub fn share(&self, store: Arc<dyn SharedBuckets>, timeout: Duration) {
+        let _ = self.fleet.set(Arc::new(Fleet::new(
+            store,
+            timeout,
+            self.metrics.degraded.clone(),
+        )));
     }
 
     /// A service's limits for a new snapshot: kept policies keep their tables (their new
@@ -333,12 +434,35 @@ impl Registry {
         for (pos, &i) in lock_order.iter().enumerate() {
             lock_pos[i] = pos;
         }
+        // A service without policies never touches the store.
+        let fleet = self.fleet.get().filter(|_| !policies.is_empty());
+        let shared: Vec<SharedPolicy> = fleet.map_or_else(Vec::new, |f| {
+            sc.rate_limits
+                .iter()
+                .map(|rl| {
+                    SharedPolicy::new(
+                        format!(
+                            "{}rl:{}:{}:{}:",
+                            f.store.prefix(),
+                            sc.name,
+                            rl.name,
+                            rl.by.as_str()
+                        ),
+                        rl.requests,
+                        rl.per.as_secs(),
+                        rl.burst,
+                    )
+                })
+                .collect()
+        });
         ServiceLimits {
             epoch: self.epoch,
-            limiter: Limiter::Local,
+            limiter: fleet.map_or(Limiter::Local, |f| Limiter::Fleet(f.clone())),
             policies: policies.into(),
             lock_order: lock_order.into(),
             lock_pos: lock_pos.into(),
+            shared_params: shared.iter().flat_map(|s| s.params_us()).collect(),
+            shared: shared.into(),
         }
     }
 
@@ -496,5 +620,108 @@ mod tests {
         assert_eq!((&*e.policy, e.retry_after), ("svc", 60));
         // The refused request took nothing from its client's ten buckets.
         assert_eq!(l.policies[0].table.len(), 1);
+    }
+
+    /// A store that answers as told: `Some(answer)`, or fails.
+    struct FakeStore {
+        up: AtomicBool,
+        replicas: AtomicU64,
+        answer: Mutex<Option<fleet::Answer>>,
+        calls: AtomicU64,
+    }
+
+    impl SharedBuckets for FakeStore {
+        fn is_up(&self) -> bool {
+            self.up.load(Ordering::Relaxed)
+        }
+        fn live_replicas(&self) -> u64 {
+            self.replicas.load(Ordering::Relaxed)
+        }
+        fn prefix(&self) -> &str {
+            "p:"
+        }
+        fn take(
+            self: Arc<Self>,
+            keys: Vec<String>,
+            params: &[i64],
+            _timeout: Duration,
+        ) -> fleet::Pending {
+            assert_eq!(params.len(), 2 * keys.len());
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let a = self.answer.lock().unwrap().clone();
+            Box::pin(async move { a.ok_or_else(|| "down".to_string()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fleet_limiter_falls_back_by_the_outage_rules() {
+        let prom = prometheus::Registry::new();
+        let reg = Registry::new(&prom);
+        let store = Arc::new(FakeStore {
+            up: AtomicBool::new(true),
+            replicas: AtomicU64::new(3),
+            answer: Mutex::new(None),
+            calls: AtomicU64::new(0),
+        });
+        reg.share(store.clone(), Duration::from_millis(50));
+        let sc = service(vec![
+            rl("client", RateLimitBy::Client, 100, 60, 100),
+            rl("svc", RateLimitBy::Service, 10, 60, 10),
+        ]);
+        let l = built(&reg, &sc);
+        assert!(l.is_shared());
+        assert_eq!(
+            l.shared.iter().map(|p| &*p.stem).collect::<Vec<_>>(),
+            ["p:rl:iris:client:client:", "p:rl:iris:svc:service:"]
+        );
+        // A service without policies is never shared: nothing to ask the store.
+        assert!(!built(&reg, &service(vec![])).is_shared());
+        let degraded = || reg.metrics.degraded.get();
+        let c = ip("10.0.0.1");
+
+        // The store answers: its verdict, shown as decide reads it.
+        *store.answer.lock().unwrap() = Some(fleet::Answer {
+            admitted: true,
+            now_us: 5_000_000,
+            tats_us: vec![0, 0],
+        });
+        let shown = l.check_shared(c, A).await.unwrap().unwrap();
+        assert_eq!((shown.policy, shown.remaining), (0, 99));
+        assert_eq!(degraded(), 0);
+        assert_eq!(l.policies[1].table.len(), 0, "nothing kept locally");
+
+        // It fails: decided locally, `svc` divided by 3 live replicas (ceil(10 / 3) = 4).
+        *store.answer.lock().unwrap() = None;
+        for _ in 0..4 {
+            assert!(l.check_shared(c, A).await.is_ok());
+        }
+        let e = l.check_shared(c, A).await.unwrap_err();
+        assert_eq!((&*e.policy, e.retry_after), ("svc", 15));
+        assert_eq!(degraded(), 1);
+
+        // Unreachable: not even asked, still the same local buckets (the same outage).
+        store.up.store(false, Ordering::Relaxed);
+        let calls = store.calls.load(Ordering::Relaxed);
+        assert!(l.check_shared(c, A).await.is_err());
+        assert_eq!(store.calls.load(Ordering::Relaxed), calls);
+
+        // Back: shared again, the gauge 0.
+        store.up.store(true, Ordering::Relaxed);
+        *store.answer.lock().unwrap() = Some(fleet::Answer {
+            admitted: true,
+            now_us: 6_000_000,
+            tats_us: vec![0, 0],
+        });
+        assert!(l.check_shared(c, A).await.is_ok());
+        assert_eq!(degraded(), 0);
+
+        // The next outage starts full; now with one live replica: `svc` at its full 10.
+        *store.answer.lock().unwrap() = None;
+        store.replicas.store(0, Ordering::Relaxed);
+        for i in 0..10 {
+            assert!(l.check_shared(c, A).await.is_ok(), "request {i}");
+        }
+        assert!(l.check_shared(c, A).await.is_err());
+        assert_eq!(degraded(), 1);
     }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use prometheus::{IntCounter, IntGauge};
@@ -63,6 +63,8 @@ pub struct Table {
     /// Buckets held, across shards.
     count: AtomicUsize,
     hasher: std::collections::hash_map::RandomState,
+    /// The fleet limiter's outage episode this table's buckets belong to (`start_episode`).
+    episode: AtomicU64,
     /// `scoregate_rate_limit_buckets{service, policy}`.
     pub buckets: IntGauge,
     /// `scoregate_rate_limit_buckets_dropped_total{service, policy}`.
@@ -85,6 +87,7 @@ impl Table {
             max: max.max(1),
             count: AtomicUsize::new(0),
             hasher: Default::default(),
+            episode: AtomicU64::new(0),
             buckets,
             dropped,
         }
@@ -173,6 +176,29 @@ impl Table {
             }
             s.gcra = gcra;
             let n = s.forget_full(now);
+            drop(s);
+            self.removed(n);
+        }
+    }
+
+    /// With the fleet limiter, this replica's tables serve only local decisions, and each outage
+    /// starts with full buckets: the first use in a new `episode` forgets every bucket (what the
+    /// table held came from an earlier outage). Requests of the episode that raced the emptying
+    /// may lose their bucket: it reads as full, as the episode's buckets start anyway.
+    pub fn start_episode(&self, episode: u64) {
+        let seen = self.episode.load(Ordering::Relaxed);
+        if seen >= episode
+            || self
+                .episode
+                .compare_exchange(seen, episode, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        for s in self.shards.iter() {
+            let mut s = lock(s);
+            let n = s.buckets.len();
+            s.buckets.clear();
             drop(s);
             self.removed(n);
         }

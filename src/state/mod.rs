@@ -12,6 +12,7 @@
 
 mod backend_metrics;
 pub mod routing;
+mod limits;
 mod store_sync;
 pub mod usage;
 

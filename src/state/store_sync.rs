@@ -76,6 +76,11 @@ impl Shared {
         .expect("start-up loading does not panic")?;
         publish_cert_metrics(&metrics, &certs);
         let limits = crate::limit::Registry::new(&metrics.registry);
+        if let (Some(redis), crate::config::StoreConfig::Redis(rc)) =
+            (opened.store.redis(), &config.store)
+        {
+            limits.share(redis.clone(), rc.rate_limit_timeout);
+        }
         let certs = Arc::new(SniResolver::new(certs));
         let tls_config = crate::tls::server_config(certs.clone());
         let shared = Arc::new(Shared {

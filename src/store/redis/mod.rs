@@ -11,6 +11,7 @@
 //! | `Preplicas` | sorted set | live replica ids, by expiry |
 //! | `Preplica:ID` | string | one replica's registration (expires after 15 s) |
 //! | `Pchanges` | channel | `svc:NAME` or `signing` when a record changed |
+//! | `Prl:SERVICE:POLICY:BY:BUCKET` | string | one rate-limit bucket (`ratelimit`; expires when full) |
 //!
 //! Every write is one compare-and-set script on the record's revision (`scripts::CAS`); a
 //! creation expects revision 0 (create-if-absent). Commands run under `state.redis.timeout`.
@@ -19,6 +20,7 @@
 //! unreachable nothing is sent: writes fail at once (`StoreError::Unavailable`) and the request
 //! path never waits.
 
+pub mod ratelimit;
 pub mod scripts;
 pub mod sync;
 
