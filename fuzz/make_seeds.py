@@ -287,10 +287,33 @@ def jwks_seeds():
     return out
 
 
+def compare_seeds():
+    # One tolerance byte (0: 0, 1: 1e-9, 2: 1e-6, 3: 0.1), the live body, 0xff, the mirror's body.
+    iris = {"predictions": ["setosa", "virginica"],
+            "probabilities": [[0.9734, 0.0266, 0.0], [0.0, 0.0833, 0.9167]]}
+    pairs = {
+        "iris_same": (json.dumps(iris), json.dumps(dict(reversed(list(iris.items()))), indent=1)),
+        "iris_diff": (json.dumps(iris), json.dumps(dict(iris, predictions=["setosa", "setosa"]))),
+        "numbers": ('[1, 1.0, -0, 1e-13, 9007199254740993, 18446744073709551615, -9223372036854775808]',
+                    '[1.0, 1, 0.0, 0, 9007199254740992, 1.8446744073709552e19, -9.2e18]'),
+        "escapes": ('{"\\u00e9\\n": "\\ud83d\\ude00", "a b": [true, false, null]}',
+                    '{"a b": [true, false, null], "\u00e9\\n": "\U0001F600"}'),
+        "repeated": ('{"a": 1, "b": {"c": [1, 2]}, "a": 2}', '{"b": {"c": [1, 2, 3]}, "a": 2}'),
+        "nested": ("[" * 128 + "1" + "]" * 128, "[" * 129 + "1" + "]" * 129),
+        "not_json": ("Healthy", '{"error": "bad input"'),
+        "empty": ("", "{}"),
+    }
+    out = {}
+    for name, (live, mirror) in pairs.items():
+        for tol in (0, 2):
+            out[f"{name}_{tol}"] = bytes([tol]) + live.encode() + b"\xff" + mirror.encode()
+    return out
+
+
 def main():
     targets = {"jwt": jwt_seeds(), "proxy_v2": proxy_seeds(), "route": route_seeds(),
                "authorization": auth_seeds(), "client_request_id": request_id_seeds(),
-               "config": config_seeds(), "jwks": jwks_seeds()}
+               "config": config_seeds(), "jwks": jwks_seeds(), "compare": compare_seeds()}
     shutil.rmtree(OUT, ignore_errors=True)
     for target, seeds in targets.items():
         os.makedirs(os.path.join(OUT, target))
