@@ -11,8 +11,8 @@
 //! key's use counts across restarts.
 
 mod backend_metrics;
-pub mod routing;
 mod limits;
+pub mod routing;
 mod store_sync;
 pub mod usage;
 
