@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use scoregate::config::{AuthMode, Config};
+use scoregate::config::AuthMode;
 use scoregate_testkit::fleet::eventually;
 use scoregate_testkit::fleet::*;
 use scoregate_testkit::metrics::{metrics, value};
@@ -15,56 +15,6 @@ use scoregate_testkit::*;
 
 /// One test at a time in this file: they time propagation on two shared cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn fleet_config(
-    pki: &Pki,
-    redis: &Redis,
-    services: &[(&str, AuthMode)],
-    backend: &Backend,
-) -> Config {
-    let mut c = config(
-        pki,
-        services
-            .iter()
-            .map(|(n, m)| service(n, *m, &[backend.url()]))
-            .collect(),
-    );
-    use_redis(&mut c, redis, "test:", 1);
-    c
-}
-
-async fn score(client: &TlsClient, gw: &Gw, service: &str, credential: &str) -> u16 {
-    client
-        .h1(gw.addr)
-        .await
-        .score(service, credential, BODY)
-        .await
-        .status
-}
-
-async fn regenerate(gw: &Gw, service: &str, key_type: &str) -> Resp {
-    admin_request(
-        gw.admin,
-        "POST",
-        &format!("/v1/services/{service}/regenerateKeys"),
-        Some(&gw.admin_token()),
-        &format!(r#"{{"keyType": "{key_type}"}}"#),
-    )
-    .await
-}
-
-async fn token(gw: &Gw, service: &str) -> String {
-    let r = admin_request(
-        gw.admin,
-        "POST",
-        &format!("/v1/services/{service}/token"),
-        Some(&gw.admin_token()),
-        "",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    r.json()["accessToken"].as_str().unwrap().to_string()
-}
 
 /// No service key (generated or preset) and no private signing key is in any value the store
 /// holds, nor in a replica's cache: only sealed blobs and fingerprints.

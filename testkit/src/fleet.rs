@@ -16,10 +16,12 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use scoregate::admin_client::AdminClient;
 use scoregate::certgen::LeafOptions;
-use scoregate::config::Config;
+use scoregate::config::{AuthMode, Config};
 
-use super::redis::{Redis, sealing_key};
-use super::{Pki, Resp, TlsClient, admin_request, leaf_serial, tempdir};
+use super::redis::{Redis, sealing_key, use_redis};
+use super::{
+    Backend, Gw, Pki, Resp, TlsClient, admin_request, config, leaf_serial, service, tempdir,
+};
 
 /// The scoring body every fleet test sends.
 pub const BODY: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
@@ -546,4 +548,61 @@ impl Load {
             })
             .collect()
     }
+}
+
+// ---------------------------------------------------------------- in-process replicas
+
+/// A config with `services` (each on `backend`) on the shared store `redis` (prefix `test:`,
+/// sealing key 1).
+pub fn fleet_config(
+    pki: &Pki,
+    redis: &Redis,
+    services: &[(&str, AuthMode)],
+    backend: &Backend,
+) -> Config {
+    let mut c = config(
+        pki,
+        services
+            .iter()
+            .map(|(n, m)| service(n, *m, &[backend.url()]))
+            .collect(),
+    );
+    use_redis(&mut c, redis, "test:", 1);
+    c
+}
+
+/// The status of one scoring request on a fresh HTTP/1.1 connection.
+pub async fn score(client: &TlsClient, gw: &Gw, service: &str, credential: &str) -> u16 {
+    client
+        .h1(gw.addr)
+        .await
+        .score(service, credential, BODY)
+        .await
+        .status
+}
+
+/// `regenerateKeys` through `gw`'s admin API.
+pub async fn regenerate(gw: &Gw, service: &str, key_type: &str) -> Resp {
+    admin_request(
+        gw.admin,
+        "POST",
+        &format!("/v1/services/{service}/regenerateKeys"),
+        Some(&gw.admin_token()),
+        &format!(r#"{{"keyType": "{key_type}"}}"#),
+    )
+    .await
+}
+
+/// A new token from `gw`'s admin API (asserts 200).
+pub async fn token(gw: &Gw, service: &str) -> String {
+    let r = admin_request(
+        gw.admin,
+        "POST",
+        &format!("/v1/services/{service}/token"),
+        Some(&gw.admin_token()),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["accessToken"].as_str().unwrap().to_string()
 }
