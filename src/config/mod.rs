@@ -1,5 +1,6 @@
 //! Configuration in two layers: the TOML as written (`raw`, serde structs that deny unknown keys,
-//! read by `parse`, which reports every unknown key at once) and the checked, typed values the gateway runs on (`types`), built by `validate`. Every
+//! read by `parse`, which reports every unknown key at once) and the checked, typed values the
+//! gateway runs on (`types`, a service's in `types::service`), built by `validate`. Every
 //! default is a named constant with its reason (`defaults`). `view` shows the typed config as
 //! JSON, secrets redacted, for operators.
 //!

@@ -8,7 +8,9 @@
 //! (`reached_backend`), after Pingora's `ErrorSource` and `RetryType`. Causes are kept as typed
 //! sources (`BackendError`), never flattened into strings.
 //!
-//! The admin API's errors (`AdminError`) share the JSON shape (`json_error`).
+//! The admin API's errors (`AdminError`, in `admin`) share the JSON shape (`json_error`).
+
+mod admin;
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use crate::route::Endpoint;
+pub use admin::AdminError;
 
 /// A boxed error cause from a lower layer (a connect error, a hyper error).
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -368,99 +371,6 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Ful
     resp
 }
 
-/// An error of the admin API: its status, code and message, answered as `json_error`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    /// `Retry-After` in seconds (503 `StoreUnavailable`).
-    pub retry_after: Option<u32>,
-}
-
-impl AdminError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        AdminError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
-    }
-
-    pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NotFound", "No such admin endpoint.")
-    }
-
-    pub fn unknown_service(name: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "ServiceNotFound",
-            format!("Service '{name}' does not exist."),
-        )
-    }
-
-    pub fn method_not_allowed() -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "Wrong method for this admin endpoint.",
-        )
-    }
-
-    /// 503 `StoreUnavailable` with `Retry-After` (contract §6): the shared store is unreachable
-    /// or did not acknowledge a write in time; this replica applied nothing.
-    pub fn store_unavailable(why: &str) -> Self {
-        AdminError {
-            retry_after: Some(5),
-            ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "StoreUnavailable",
-                format!(
-                    "{why}. Nothing was applied here; if the write reached the store it takes effect fleet-wide at the next sync, so read the state back before retrying."
-                ),
-            )
-        }
-    }
-
-    pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "The admin API needs 'Authorization: Bearer <admin token>' (see admin.token_file).",
-        )
-    }
-
-    pub fn to_response(&self) -> Response<Full<Bytes>> {
-        let mut r = json_error(self.status, self.code, &self.message);
-        if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if let Some(s) = self.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        r
-    }
-}
-
-impl std::fmt::Display for AdminError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.code,
-            self.message
-        )
-    }
-}
-
 /// Formats an error with its sources (`a: b: c`), for logs.
 pub struct DisplayChain<'a>(pub &'a (dyn StdError + 'static));
 
@@ -477,96 +387,4 @@ impl std::fmt::Display for DisplayChain<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    async fn body_json(r: Response<Full<Bytes>>) -> serde_json::Value {
-        let b = r.into_body().collect().await.unwrap().to_bytes();
-        serde_json::from_slice(&b).unwrap()
-    }
-
-    #[tokio::test]
-    async fn error_shape_and_headers() {
-        let r = GatewayError::Unauthorized {
-            reason: AuthFailure::WrongKey,
-            token_mode: false,
-        }
-        .to_response();
-        assert_eq!(r.status(), 401);
-        assert_eq!(r.headers()["www-authenticate"], "Bearer");
-        assert_eq!(r.headers()["content-type"], "application/json");
-        let j = body_json(r).await;
-        assert_eq!(j["error"]["code"], "Unauthorized");
-        assert!(j["error"]["message"].as_str().unwrap().len() > 10);
-
-        let r = GatewayError::Unauthorized {
-            reason: AuthFailure::InvalidToken,
-            token_mode: true,
-        }
-        .to_response();
-        assert_eq!(
-            r.headers()["www-authenticate"],
-            "Bearer error=\"invalid_token\""
-        );
-
-        let r = GatewayError::MethodNotAllowed(Endpoint::Score).to_response();
-        assert_eq!(
-            (r.status().as_u16(), &r.headers()["allow"]),
-            (405, &HeaderValue::from_static("POST"))
-        );
-
-        let r = GatewayError::TooManyRequests {
-            retry_after: 7,
-            policy: "client".into(),
-        }
-        .to_response();
-        assert_eq!(
-            (r.status().as_u16(), &r.headers()["retry-after"]),
-            (429, &HeaderValue::from_static("7"))
-        );
-        assert_eq!(body_json(r).await["error"]["code"], "TooManyRequests");
-
-        let r = GatewayError::Overloaded(Overload::QueueFull).to_response();
-        assert_eq!(r.headers()["retry-after"], "1");
-        assert_eq!(body_json(r).await["error"]["code"], "ServiceOverloaded");
-    }
-
-    #[test]
-    fn every_code_is_listed_and_sides_and_reach_are_consistent() {
-        let all = [
-            GatewayError::BadRequest("x"),
-            GatewayError::NotFound,
-            GatewayError::ServiceNotFound("x".into()),
-            GatewayError::MethodNotAllowed(Endpoint::Score),
-            GatewayError::Forbidden,
-            GatewayError::Unauthorized {
-                reason: AuthFailure::Missing,
-                token_mode: false,
-            },
-            GatewayError::RequestTimeout(Duration::from_secs(1)),
-            GatewayError::PayloadTooLarge { limit: 1 },
-            GatewayError::TooManyRequests {
-                retry_after: 2,
-                policy: "client".into(),
-            },
-            GatewayError::Overloaded(Overload::WaitExpired),
-            GatewayError::BackendUnavailable(BackendError::NoneAvailable),
-            GatewayError::BackendUnavailable(BackendError::Exchange("x".into())),
-            GatewayError::ScoringTimeout(Duration::from_secs(1)),
-            GatewayError::StoreUnavailable,
-            GatewayError::DeploymentNotFound,
-            GatewayError::NoTraffic,
-        ];
-        for e in &all {
-            assert!(CODES.contains(&e.code()), "{}", e.code());
-            assert_eq!(e.side() == Side::Client, e.status().is_client_error());
-        }
-        assert!(!all[8].reached_backend());
-        assert!(!all[10].reached_backend());
-        assert!(all[11].reached_backend());
-        assert!(!all[14].reached_backend() && !all[15].reached_backend());
-        assert_eq!(all[14].status(), 404);
-        assert_eq!(all[15].code(), "NoTraffic");
-    }
-}
+mod tests;

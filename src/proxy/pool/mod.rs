@@ -25,35 +25,33 @@
 //! (`try_send_request`): then the request goes on another connection. A request that was sent is
 //! never resent. The h2c connection is opened by one request at a time (the others wait for it),
 //! and a request it gives back unsent (the connection was closing) is retried once on a new one.
+//!
+//! Opening connections (and the byte cap before a head) is in `connect`, the pooled response
+//! body in `body`; the pool itself (the stack, the sweeper, the shared h2c connection) here.
+
+mod body;
+mod connect;
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::body::UpstreamBody;
 use crate::config::BackendProtocol;
+pub use body::{BodyStalled, PooledBody};
+pub use connect::{MAX_BYTES_BEFORE_HEAD, NoHead};
+use connect::{Meter, connect_h1, connect_h2, unsent_error};
 
-/// Connecting to a backend on the same network takes well under a second; a SYN that gets no
-/// answer in 5 s means the backend is gone, and the request can go elsewhere.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections older than this are closed rather than reused: under azmlinfsrv/gunicorn's
 /// keep-alive default would be 2 s, but it closes every connection anyway; other servers keep
 /// them longer.
@@ -63,90 +61,6 @@ const MAX_IDLE: usize = 256;
 /// Requests that find a pooled connection closed under them try this many more connections
 /// (the last one always new) before giving up.
 const MAX_UNSENT_RETRIES: usize = 2;
-
-/// What an HTTP/1.1 backend may send before its response head (1xx responses included): a head
-/// is at most a few KiB; hyper may read some body along with it, up to its read buffer
-/// (~400 KiB).
-pub const MAX_BYTES_BEFORE_HEAD: usize = 1024 * 1024;
-
-/// Counts what an HTTP/1.1 backend connection reads while an exchange awaits its head.
-#[derive(Debug, Default)]
-pub struct Meter {
-    read: AtomicUsize,
-    armed: AtomicBool,
-}
-
-impl Meter {
-    fn arm(&self) {
-        self.read.store(0, Ordering::Relaxed);
-        self.armed.store(true, Ordering::Relaxed);
-    }
-
-    fn disarm(&self) {
-        self.armed.store(false, Ordering::Relaxed);
-    }
-}
-
-/// The backend's TCP stream, failing reads once `MAX_BYTES_BEFORE_HEAD` came without a head.
-struct Metered {
-    tcp: TcpStream,
-    meter: Arc<Meter>,
-}
-
-/// The backend sent more than `MAX_BYTES_BEFORE_HEAD` without a final response head.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the backend sent over {MAX_BYTES_BEFORE_HEAD} bytes without a response head (endless 1xx responses?)"
-)]
-pub struct NoHead;
-
-impl AsyncRead for Metered {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.tcp).poll_read(cx, buf);
-        if self.meter.armed.load(Ordering::Relaxed) {
-            let n = buf.filled().len() - before;
-            if self.meter.read.fetch_add(n, Ordering::Relaxed) + n > MAX_BYTES_BEFORE_HEAD {
-                return Poll::Ready(Err(io::Error::other(NoHead)));
-            }
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Metered {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
-    }
-}
 
 /// An HTTP/1.1 connection to a backend: its sender and the meter of its reads.
 pub struct H1Conn {
@@ -283,11 +197,7 @@ impl Pool {
             conn.meter.disarm();
             match sent {
                 Ok(resp) => {
-                    return Ok(resp.map(|body| PooledBody {
-                        body,
-                        back: Some((self.clone(), conn)),
-                        idle: None,
-                    }));
+                    return Ok(resp.map(|body| PooledBody::pooled(body, self.clone(), conn)));
                 }
                 Err(mut e) => match e.take_message() {
                     // Not sent: the connection was closed under us. Try another.
@@ -445,163 +355,6 @@ impl Pool {
             .is_some_and(|cur| cur.is_closed() || tx.is_closed())
         {
             *slot = None;
-        }
-    }
-}
-
-/// A request a connection gave back unsent even though it was new: classed with connect
-/// failures, since nothing reached the backend.
-fn unsent_error(e: hyper::Error) -> SendError {
-    SendError::Connect(io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        format!("the backend closed a new connection before the request was sent: {e}"),
-    ))
-}
-
-async fn connect_tcp(authority: &Authority) -> Result<TcpStream, SendError> {
-    // `Authority::host` keeps an IPv6 address's brackets; the resolver wants it bare.
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(80);
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(SendError::Connect(e)),
-        Err(_) => {
-            return Err(SendError::Connect(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
-            )));
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-    Ok(tcp)
-}
-
-async fn connect_h1(authority: &Authority) -> Result<H1Conn, SendError> {
-    let tcp = connect_tcp(authority).await?;
-    let meter = Arc::new(Meter::default());
-    let io = Metered {
-        tcp,
-        meter: meter.clone(),
-    };
-    let (tx, conn) = http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(SendError::Request)?;
-    drive(authority, conn);
-    Ok(H1Conn { tx, meter })
-}
-
-async fn connect_h2(authority: &Authority) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
-    let tcp = connect_tcp(authority).await?;
-    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .handshake(TokioIo::new(tcp))
-        .await
-        .map_err(SendError::Request)?;
-    drive(authority, conn);
-    Ok(tx)
-}
-
-/// Runs a backend connection in its own task until it closes.
-fn drive(authority: &Authority, conn: impl Future<Output = hyper::Result<()>> + Send + 'static) {
-    let backend = authority.clone();
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%backend, error = %e, "backend connection ended with an error");
-        }
-    });
-}
-
-/// A backend's response body that puts its HTTP/1.1 connection back in the pool once read to
-/// the end, and fails (`BodyStalled`) when the backend pauses longer than its idle limit.
-pub struct PooledBody {
-    body: Incoming,
-    back: Option<(Arc<Pool>, H1Conn)>,
-    /// The longest gap between frames, and its timer (made the first time the body waits).
-    idle: Option<(Duration, Option<Pin<Box<Sleep>>>)>,
-}
-
-/// The backend paused its response body for longer than the service's `scoring_timeout`.
-#[derive(Debug, thiserror::Error)]
-#[error("the backend's response body stalled for {0:?}")]
-pub struct BodyStalled(pub Duration);
-
-impl PooledBody {
-    fn unpooled(body: Incoming) -> Self {
-        PooledBody {
-            body,
-            back: None,
-            idle: None,
-        }
-    }
-
-    /// The body fails when the backend pauses longer than `limit` between frames.
-    pub fn with_idle_limit(mut self, limit: Duration) -> Self {
-        self.idle = Some((limit, None));
-        self
-    }
-
-    fn done(&mut self) {
-        if let Some((pool, conn)) = self.back.take() {
-            Pool::checkin(pool, conn);
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = Box<dyn StdError + Send + Sync>;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(None) => {
-                this.done();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.back = None;
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some((limit, Some(timer))) = &mut this.idle {
-                    timer.as_mut().reset(Instant::now() + *limit);
-                }
-                Poll::Ready(Some(Ok(f)))
-            }
-            Poll::Pending => {
-                if let Some((limit, timer)) = &mut this.idle {
-                    let limit = *limit;
-                    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                    if t.as_mut().poll(cx).is_ready() {
-                        this.back = None;
-                        return Poll::Ready(Some(Err(Box::new(BodyStalled(limit)))));
-                    }
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // hyper stops polling a body that says it has ended; only an unfinished one is lost.
-        if self.body.is_end_stream() {
-            self.done();
         }
     }
 }
