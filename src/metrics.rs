@@ -92,6 +92,12 @@ impl MirrorMetrics {
     pub fn count(&self, r: MirrorResult) {
         self.results[r as usize].inc();
     }
+
+    /// Copies counted under `r` so far.
+    #[cfg(test)]
+    pub fn counted(&self, r: MirrorResult) -> u64 {
+        self.results[r as usize].get()
+    }
 }
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -419,7 +425,21 @@ impl Metrics {
             }
             let _ = self.request_duration.remove_label_values(&[name, d]);
             let _ = self.backend_duration.remove_label_values(&[name, d]);
+            self.forget_mirror(name, d);
         }
+    }
+
+    /// Drops the mirror series of (service, deployment): a copy still running then counts into
+    /// a handle no scrape shows.
+    fn forget_mirror(&self, service: &str, deployment: &str) {
+        for r in MIRROR_RESULTS {
+            let _ = self
+                .mirror_requests
+                .remove_label_values(&[service, deployment, r]);
+        }
+        let _ = self
+            .mirror_latency_ratio
+            .remove_label_values(&[service, deployment]);
     }
 
     /// Drops the series of a service no longer configured (and of its deployments).
@@ -432,6 +452,7 @@ impl Metrics {
             }
             let _ = self.request_duration.remove_label_values(&[name, d]);
             let _ = self.backend_duration.remove_label_values(&[name, d]);
+            self.forget_mirror(name, d);
         }
         for r in AUTH_REASONS {
             let _ = self.auth_failures.remove_label_values(&[name, r.as_str()]);

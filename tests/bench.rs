@@ -105,3 +105,69 @@ fn bench_store_refuses_a_running_gateway_and_a_bad_url() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--store") && err.contains("redis://"), "{err}");
 }
+
+/// `--deployments 2 --mirror 10`: the built-in service splits live traffic over blue and green
+/// and mirrors about 10 % of it to a candidate; the report counts the copies that reached the
+/// backend (about a tenth of the live requests) and the gateway's results for them.
+#[test]
+fn bench_measures_a_split_with_a_mirror() {
+    let r = bench(&["--deployments", "2", "--mirror", "10"]);
+    assert_served(&r);
+    assert_eq!(r["deployments"], 2, "{r}");
+    let m = &r["mirror"];
+    assert_eq!(m["percent"], 10, "{r}");
+    let live = m["live_at_backend"].as_u64().unwrap();
+    let copies = m["copies_at_backend"].as_u64().unwrap();
+    // Every live request reached a backend (some that completed just outside the window may
+    // count on either side).
+    assert!(live > 50, "{r}");
+    // 10 % of at least 50: a binomial draw, well inside 5σ of its mean.
+    let (n, p) = (live as f64, 0.1);
+    let sd = (n * p * (1.0 - p)).sqrt();
+    assert!(copies > 0, "no copy was sent: {r}");
+    assert!(
+        (copies as f64 - n * p).abs() <= 5.0 * sd + 2.0,
+        "{copies} copies for {live} live requests: {r}"
+    );
+    let same = m["results"]["same"].as_u64().unwrap();
+    assert!(same > 0, "the copies compared `same`: {r}");
+    assert!(
+        r["gateway"].as_str().unwrap().contains("10 % mirror"),
+        "{r}"
+    );
+
+    // Without the options: one deployment, no mirror section.
+    let r = bench(&[]);
+    assert_eq!(r["deployments"], 1, "{r}");
+    assert_eq!(r["mirror"], serde_json::Value::Null, "{r}");
+}
+
+#[test]
+fn bench_deployments_and_mirror_refuse_a_running_gateway_and_bad_values() {
+    for args in [&["--deployments", "2"][..], &["--mirror", "10"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_scoregate"))
+            .args([
+                "bench",
+                "--target",
+                "https://127.0.0.1:9/api/v1/service/iris/score",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("configure the built-in gateway"), "{err}");
+    }
+    for args in [
+        &["--mirror", "51"][..],
+        &["--mirror", "0"],
+        &["--deployments", "3"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_scoregate"))
+            .arg("bench")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+    }
+}

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use scoregate::certgen::LeafOptions;
 use scoregate::config::{AuthMode, DeploymentConfig, ServiceConfig};
 use scoregate_testkit::metrics::{metrics, value};
 use scoregate_testkit::*;
@@ -382,5 +383,162 @@ async fn removing_the_mirror_cancels_queued_copies() {
     );
     // Some 30 copies were drawn; one at a time every 700 ms, so most were still queued.
     assert!(at_cancel < 10, "{at_cancel}");
+    // The cancelled copies are counted (none was refused for want of a place before: the
+    // queue holds 64): `skipped_busy` for those not yet sent.
+    assert!(
+        result_count(&gw, "skipped_busy").await >= 5.0,
+        "cancelled copies are counted"
+    );
+    gw.stop().await;
+}
+
+/// A mirror target that refuses connections is taken out by its copies' connect failures (the
+/// passive health of any backend), long before its first health probe: the admin API shows the
+/// mirror deployment `Unhealthy` with its backend down, `scoregate_backend_up` is 0, and every
+/// live answer stays 200.
+#[tokio::test]
+async fn copies_that_cannot_connect_show_the_mirror_down() {
+    let live = Backend::with(answering(r#"{"predictions": [1]}"#, Duration::ZERO)).await;
+    let dead = format!("http://{}", dead_port().await);
+    let pki = Pki::new();
+    let mut svc = mirrored(&live.url(), &dead, 50);
+    // No probe within the test: only the copies can tell.
+    svc.health.initial_delay = Duration::from_secs(600);
+    let gw = Gw::start(config(&pki, vec![svc])).await;
+    let (key, _) = gw.keys("iris");
+    let token = gw.admin_token();
+    let mut c = pki.client().h1(gw.addr).await;
+    let t = Instant::now();
+    let view = loop {
+        for _ in 0..10 {
+            assert_eq!(c.score("iris", &key, BODY).await.status, 200);
+        }
+        let r = admin_request(gw.admin, "GET", "/v1/services/iris", Some(&token), "").await;
+        assert_eq!(r.status, 200);
+        let v = r.json();
+        if v["deployments"][1]["state"] == "Unhealthy" {
+            break v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the mirror deployment still shows {v}"
+        );
+    };
+    assert_eq!(
+        view["deployments"],
+        json!([
+            {"name": "blue", "state": "Succeeded"},
+            {"name": "green", "state": "Unhealthy"}
+        ])
+    );
+    let backends = view["backends"].as_array().expect("backends");
+    let down = backends
+        .iter()
+        .find(|b| b["url"] == dead.as_str())
+        .expect("the mirror backend is listed");
+    assert_eq!(down["up"], false, "{down}");
+    assert!(
+        down["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("mirrored copy")),
+        "{down}"
+    );
+    let m = metrics(&gw).await;
+    assert_eq!(
+        value(
+            &m,
+            "scoregate_backend_up",
+            &[("service", "iris"), ("backend", dead.as_str())]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "scoregate_backend_up",
+            &[("service", "iris"), ("backend", live.url().as_str())]
+        ),
+        1.0
+    );
+    assert!(result_count(&gw, "error").await >= 3.0);
+    gw.stop().await;
+}
+
+/// A reload that removes the mirror deployment, or the whole service, removes its
+/// `scoregate_mirror_*` series like the service's other series.
+#[tokio::test]
+async fn a_reload_removes_the_mirror_series_of_removed_deployments_and_services() {
+    let live = Backend::with(answering("{}", Duration::ZERO)).await;
+    let cand = Backend::with(answering("{}", Duration::ZERO)).await;
+    let pki = Pki::new();
+    let dir = tempdir("mirror-reload");
+    let (cert, _) = pki.cert(
+        "localhost",
+        &["localhost", "127.0.0.1"],
+        &LeafOptions::default(),
+    );
+    let head = format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\n\n[[tls.certificates]]\ncname = \"localhost\"\ncert = {:?}\nkey = {:?}\n\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"admin-token\"\n\n[state]\ndir = \"state\"\n",
+        cert.cert.display().to_string(),
+        cert.key.display().to_string()
+    );
+    let with_mirror = |name: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nauth = \"none\"\ntraffic = {{ blue = 100, green = 0 }}\nmirror_traffic = {{ green = 50 }}\n\n[[service.deployment]]\nname = \"blue\"\nbackends = [\"{}\"]\n\n[[service.deployment]]\nname = \"green\"\nbackends = [\"{}\"]\n\n",
+            live.url(),
+            cand.url()
+        )
+    };
+    let path = dir.join("scoregate.toml");
+    std::fs::write(
+        &path,
+        format!("{head}\n{}{}", with_mirror("iris"), with_mirror("pear")),
+    )
+    .unwrap();
+    let gw = Gw::start(scoregate::config::Config::load(&path).unwrap()).await;
+    let token = gw.admin_token();
+    let mirror_series = |m: &[scoregate_testkit::metrics::Sample], service: &str| {
+        m.iter()
+            .filter(|s| {
+                s.name.starts_with("scoregate_mirror_")
+                    && s.labels.get("service").is_some_and(|v| v == service)
+            })
+            .count()
+    };
+    let mut c = pki.client().h1(gw.addr).await;
+    for service in ["iris", "pear"] {
+        for _ in 0..20 {
+            let r = c
+                .send(
+                    "POST",
+                    &format!("/api/v1/service/{service}/score"),
+                    &[],
+                    BODY,
+                )
+                .await;
+            assert_eq!(r.status, 200);
+        }
+    }
+    let m = metrics(&gw).await;
+    assert!(mirror_series(&m, "iris") > 0 && mirror_series(&m, "pear") > 0);
+
+    // iris keeps only blue; pear goes.
+    std::fs::write(
+        &path,
+        format!(
+            "{head}\n[[service]]\nname = \"iris\"\nauth = \"none\"\nbackends = [\"{}\"]\n",
+            live.url()
+        ),
+    )
+    .unwrap();
+    let r = admin_request(gw.admin, "POST", "/v1/reload", Some(&token), "").await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let m = metrics(&gw).await;
+    assert_eq!(
+        mirror_series(&m, "iris"),
+        0,
+        "iris/green's mirror series stay"
+    );
+    assert_eq!(mirror_series(&m, "pear"), 0, "pear's mirror series stay");
     gw.stop().await;
 }

@@ -59,7 +59,7 @@ use tokio::time::Instant;
 
 use load::{Ctx, Live, Phase, ReqTemplate};
 use procfs::{CpuUse, Snapshot};
-use report::Report;
+use report::{MirrorReport, Report};
 use setup::Setup;
 use stats::Stats;
 
@@ -158,6 +158,16 @@ pub struct BenchArgs {
     /// store costs a request (README, "Running several replicas").
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
+    /// Built-in gateway: live deployments of the service. 1 is a plain `backends` service; 2 is
+    /// blue and green with `traffic = { blue = 50, green = 50 }`, each on its own port of the
+    /// built-in backend — to measure what the weighted draw costs a request.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub deployments: u8,
+    /// Built-in gateway: mirror this percentage (1-50) of live requests to one more deployment
+    /// (`candidate`, on a port of its own), and report the copies sent and their results — to
+    /// measure what a mirror costs a live request.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=50))]
+    pub mirror: Option<u8>,
     /// Request body file (default: the peer benchmark's 203-byte JSON).
     #[arg(long, value_name = "FILE")]
     pub body: Option<PathBuf>,
@@ -327,6 +337,12 @@ async fn bench(args: &BenchArgs, client_threads: usize) -> anyhow::Result<Report
         cpu: None,
         rss_kb: None,
         idle: None,
+        deployments: if args.target.is_none() {
+            Some(args.deployments)
+        } else {
+            None
+        },
+        mirror: None,
         notes: vec![],
     };
     if !args.quiet {
@@ -360,9 +376,12 @@ async fn bench(args: &BenchArgs, client_threads: usize) -> anyhow::Result<Report
     }
     let progress = (!args.quiet).then(|| tokio::spawn(load::progress(ctx.clone(), start)));
     tokio::time::sleep_until(warm_end).await;
+    let counts = || setup.backend_counts.as_ref().map(|c| c.read());
     let before = Snapshot::take(setup.gateway_pid, setup.backend_tid);
+    let counts_before = counts();
     tokio::time::sleep_until(end).await;
     let after = Snapshot::take(setup.gateway_pid, setup.backend_tid);
+    let counts_after = counts();
     report.rss_kb = setup.gateway_pid.and_then(procfs::rss_kb);
     let limit = ctx.phase.hard_end + Duration::from_secs(5);
     loop {
@@ -384,6 +403,26 @@ async fn bench(args: &BenchArgs, client_threads: usize) -> anyhow::Result<Report
         report::clear_progress();
     }
     report.cpu = Some(CpuUse::between(&before, &after));
+    if let (Some(p), Some((live0, copies0)), Some((live1, copies1))) =
+        (args.mirror, counts_before, counts_after)
+    {
+        // Read once the load has stopped, so the scrape costs the window nothing.
+        let results = match setup.mirror_results().await {
+            Ok(r) => r,
+            Err(e) => {
+                report
+                    .notes
+                    .push(format!("the mirror's results could not be read: {e}"));
+                vec![]
+            }
+        };
+        report.mirror = Some(MirrorReport {
+            percent: p,
+            live: live1 - live0,
+            copies: copies1 - copies0,
+            results,
+        });
+    }
     report.handshakes = ctx.live.handshakes.load(Ordering::Relaxed);
     report.resumed = ctx.live.resumed.load(Ordering::Relaxed);
     drop(ctx);

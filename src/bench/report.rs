@@ -30,7 +30,69 @@ pub(super) struct Report {
     pub(super) cpu: Option<CpuUse>,
     pub(super) rss_kb: Option<u64>,
     pub(super) idle: Option<IdleReport>,
+    /// Built-in gateway: its service's live deployments (`--deployments`).
+    pub(super) deployments: Option<u8>,
+    /// Built-in gateway with `--mirror`: what the copies did.
+    pub(super) mirror: Option<MirrorReport>,
     pub(super) notes: Vec<String>,
+}
+
+/// The copies of a `--mirror` run. The gateway's CPU per request stays per *live* request (the
+/// copies' share of it is the difference to a run without `--mirror`); this says how many
+/// copies there were.
+pub(super) struct MirrorReport {
+    /// The mirror share asked for, in percent.
+    pub(super) percent: u8,
+    /// Live requests and mirrored copies that reached the built-in backend within the measured
+    /// window.
+    pub(super) live: u64,
+    pub(super) copies: u64,
+    /// `scoregate_mirror_requests_total` by result over the whole run (warm-up included), read
+    /// from the gateway's `/metrics` after the load stopped.
+    pub(super) results: Vec<(String, u64)>,
+}
+
+impl MirrorReport {
+    /// Copies per live request in the window, in percent.
+    fn share(&self) -> Option<f64> {
+        (self.live > 0).then(|| self.copies as f64 * 100.0 / self.live as f64)
+    }
+
+    fn json(&self) -> Value {
+        let results: serde_json::Map<String, Value> = self
+            .results
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        json!({
+            "percent": self.percent,
+            "live_at_backend": self.live,
+            "copies_at_backend": self.copies,
+            "copies_pct_of_live": self.share().map(|x| round(x, 2)),
+            "results": results,
+        })
+    }
+
+    fn print(&self) {
+        let results: Vec<String> = self
+            .results
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        println!(
+            "Mirror {} %: {} copies reached the candidate in the window, {} % of {} live requests at the backends; gateway CPU above is per live request. Results over the whole run: {}.",
+            self.percent,
+            self.copies,
+            opt(self.share(), 1),
+            self.live,
+            if results.is_empty() {
+                "none".to_string()
+            } else {
+                results.join(", ")
+            }
+        );
+    }
 }
 
 /// What idle mode measured.
@@ -120,6 +182,8 @@ impl Report {
             });
             return v;
         }
+        v["deployments"] = json!(self.deployments);
+        v["mirror"] = json!(self.mirror.as_ref().map(MirrorReport::json));
         let h = &self.stats.hist;
         let lat = (self.stats.ok > 0).then(|| {
             json!({
@@ -274,6 +338,9 @@ impl Report {
                     self.client_threads,
                     opt(c.gateway_s.map(|g| g * 100.0 / c.wall_s.max(1e-9)), 0),
                 );
+            }
+            if let Some(m) = &self.mirror {
+                m.print();
             }
             println!("Target {} ({}).", self.url, self.gateway);
         }

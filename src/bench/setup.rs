@@ -54,6 +54,10 @@ pub(super) struct Setup {
     pub(super) gateway_label: String,
     pub(super) gateway_pid: Option<u32>,
     pub(super) backend_tid: Option<u32>,
+    /// Built-in: the scoring requests the backend got (live ones and mirrored copies).
+    pub(super) backend_counts: Option<Arc<super::backend::Counts>>,
+    /// Built-in: the gateway's admin address (its `/metrics`).
+    pub(super) admin: Option<SocketAddr>,
     // Dropped in this order: the gateway is killed, then the backend stops, then the files go.
     _child: Option<ChildGuard>,
     /// With `--store`: the config whose Redis prefix is purged after the run.
@@ -74,6 +78,11 @@ impl Setup {
         if args.store.is_some() {
             bail!(
                 "--store configures the built-in gateway: a --target gateway has its own [state]"
+            );
+        }
+        if args.deployments != 1 || args.mirror.is_some() {
+            bail!(
+                "--deployments and --mirror configure the built-in gateway: a --target gateway has its own deployments"
             );
         }
         let authority = uri.authority().context("--target has no host")?.clone();
@@ -142,6 +151,8 @@ impl Setup {
             gateway_label,
             gateway_pid: args.pid,
             backend_tid: None,
+            backend_counts: None,
+            admin: None,
             _child: None,
             store: None,
             _backend: None,
@@ -168,7 +179,10 @@ impl Setup {
             }
         };
         let certs = crate::certgen::write_demo_certs(&dir.0.join("certs"), &["localhost"])?;
-        let backend = BackendGuard::start()?;
+        let backend = BackendGuard::start(
+            usize::from(args.deployments) + usize::from(args.mirror.is_some()),
+        )?;
+        let deployments = deployments_toml(args, &backend.addrs);
         let (port, admin_port) = free_ports()?;
         let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
         let auth = match args.auth {
@@ -206,9 +220,8 @@ access = {access}
 [[service]]
 name = "{SERVICE}"
 auth = "{auth}"
-backends = ["http://{backend}"]
 max_body = "1MiB"
-{keys}{rate_limit}"#,
+{keys}{deployments}{rate_limit}"#,
             threads = args.gateway_threads,
             access = args.access_log,
             rate_limit = if args.rate_limit {
@@ -216,7 +229,6 @@ max_body = "1MiB"
             } else {
                 ""
             },
-            backend = backend.addr,
         );
         let config_path = dir.0.join("scoregate.toml");
         let config = crate::config::Config::parse(&toml, &config_path).map_err(|e| {
@@ -284,15 +296,22 @@ max_body = "1MiB"
             auth: Some(bearer(&credential)?),
             auth_label: auth,
             gateway_label: format!(
-                "built-in gateway pid {pid}, {threads}, {} store",
+                "built-in gateway pid {pid}, {threads}, {} store{}",
                 if args.store.is_some() {
                     "redis"
                 } else {
                     "file"
+                },
+                match (args.deployments, args.mirror) {
+                    (1, None) => String::new(),
+                    (n, None) => format!(", {n} deployments"),
+                    (n, Some(p)) => format!(", {n} deployment(s) + a {p} % mirror"),
                 }
             ),
             gateway_pid: Some(pid),
             backend_tid: backend.tid,
+            backend_counts: Some(backend.counts.clone()),
+            admin: Some(admin_addr),
             _child: Some(child),
             store: args.store.is_some().then_some(config),
             _backend: Some(backend),
@@ -318,6 +337,75 @@ impl Setup {
             )),
         }
     }
+}
+
+/// The service's backends in the built-in config: `backends = [...]` for one deployment (the
+/// shape of every run before `--deployments`, so its numbers stay comparable), else blue and
+/// green split 50/50 and, with `--mirror`, a `candidate` deployment that gets the copies. Each
+/// deployment has its own port of the built-in backend (a URL may be in one deployment only).
+fn deployments_toml(args: &BenchArgs, addrs: &[SocketAddr]) -> String {
+    if args.deployments == 1 && args.mirror.is_none() {
+        return format!("backends = [\"http://{}\"]\n", addrs[0]);
+    }
+    let names: &[&str] = if args.deployments == 1 {
+        &["blue"]
+    } else {
+        &["blue", "green"]
+    };
+    let share = 100 / names.len();
+    let mut traffic: Vec<String> = names.iter().map(|n| format!("{n} = {share}")).collect();
+    let mut out = String::new();
+    if let Some(p) = args.mirror {
+        traffic.push("candidate = 0".into());
+        out.push_str(&format!("mirror_traffic = {{ candidate = {p} }}\n"));
+    }
+    out.insert_str(0, &format!("traffic = {{ {} }}\n", traffic.join(", ")));
+    let all = names
+        .iter()
+        .copied()
+        .chain(args.mirror.map(|_| "candidate"));
+    for (name, addr) in all.zip(addrs) {
+        out.push_str(&format!(
+            "\n[[service.deployment]]\nname = \"{name}\"\nbackends = [\"http://{addr}\"]\n"
+        ));
+    }
+    out
+}
+
+impl Setup {
+    /// Built-in gateway: `scoregate_mirror_requests_total` of the service by `result` (every
+    /// result the gateway exposes, 0s included), read from its `/metrics`.
+    pub(super) async fn mirror_results(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let admin = self.admin.context("no built-in gateway")?;
+        let RawResponse { status, body, .. } = AdminClient::for_addr(admin, None)
+            .with_timeout(ADMIN_TIMEOUT)
+            .send(Method::GET, "/metrics", Bytes::new())
+            .await?;
+        if !status.is_success() {
+            bail!("the gateway's /metrics answered {status}");
+        }
+        Ok(mirror_results(&String::from_utf8_lossy(&body)))
+    }
+}
+
+/// The `result` label and value of every `scoregate_mirror_requests_total` line of the bench's
+/// service in a Prometheus text exposition.
+fn mirror_results(text: &str) -> Vec<(String, u64)> {
+    let service = format!("service=\"{SERVICE}\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("scoregate_mirror_requests_total{"))
+        .filter_map(|l| {
+            let (labels, value) = l.split_once("} ")?;
+            if !labels.split(',').any(|x| x == service) {
+                return None;
+            }
+            let result = labels
+                .split(',')
+                .find_map(|x| x.strip_prefix("result=\""))?
+                .strip_suffix('"')?;
+            Some((result.to_string(), value.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect()
 }
 
 /// Writes a file only its owner can read (the Redis URL may hold a password).
@@ -456,4 +544,67 @@ pub(super) fn client_config(
         cfg.resumption = rustls::client::Resumption::disabled();
     }
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let argv = std::iter::once("bench").chain(extra.iter().copied());
+        <Cli as clap::Parser>::parse_from(argv).bench
+    }
+
+    /// The built-in service's deployments parse as a valid config: one `backends` service by
+    /// default, blue/green 50/50, and a candidate that gets the mirror share.
+    #[test]
+    fn built_in_deployments_are_a_valid_config() {
+        let addrs: Vec<SocketAddr> = (1..=3)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], 5000 + p)))
+            .collect();
+        for (extra, deployments, mirror) in [
+            (&[][..], vec!["default"], None),
+            (&["--deployments", "2"][..], vec!["blue", "green"], None),
+            (
+                &["--deployments", "2", "--mirror", "10"][..],
+                vec!["blue", "green", "candidate"],
+                Some(10),
+            ),
+            (&["--mirror", "5"][..], vec!["blue", "candidate"], Some(5)),
+        ] {
+            let toml = format!(
+                "[listen]\naddress = \"127.0.0.1:1\"\n[[tls.certificates]]\ncname = \"localhost\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n[[service]]\nname = \"{SERVICE}\"\nauth = \"none\"\n{}",
+                deployments_toml(&args(extra), &addrs)
+            );
+            let c = crate::config::Config::parse(&toml, Path::new("bench.toml"))
+                .unwrap_or_else(|e| panic!("{extra:?}: {e}\n{toml}"));
+            let svc = c.service(SERVICE).unwrap();
+            assert_eq!(svc.deployment_names(), deployments, "{extra:?}");
+            assert_eq!(
+                svc.mirror_traffic.get("candidate").copied(),
+                mirror,
+                "{extra:?}"
+            );
+            if deployments.len() > 1 {
+                assert_eq!(svc.traffic.values().sum::<u8>(), 100, "{extra:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn mirror_results_are_read_from_the_metrics_text() {
+        let text = "# TYPE scoregate_mirror_requests_total counter\n\
+scoregate_mirror_requests_total{deployment=\"candidate\",result=\"same\",service=\"iris\"} 12\n\
+scoregate_mirror_requests_total{deployment=\"candidate\",result=\"error\",service=\"iris\"} 0\n\
+scoregate_mirror_requests_total{deployment=\"x\",result=\"same\",service=\"other\"} 5\n";
+        assert_eq!(
+            mirror_results(text),
+            [("same".to_string(), 12), ("error".to_string(), 0)]
+        );
+    }
 }

@@ -19,7 +19,13 @@
 //! A copy never waits for a backend slot, never counts in the gateway's in-flight count (so
 //! neither `limits.max_in_flight` nor the drain waits for it), and carries only the headers of
 //! `CopyRequest::from` — never the credential or cookies. Queued copies are cancelled when a
-//! reload (or a traffic change) removes the mirror, and when the gateway drains (`Queue::cancel`).
+//! reload (or a traffic change) removes the mirror, and when the gateway drains (`Queue::cancel`);
+//! a cancelled copy still counts once: `skipped_busy` if it was not sent yet, `error` if it was
+//! (the contract has no result of its own for it). Every drawn copy is thus counted exactly once.
+//! The copy's connect failures and successes feed the mirror backend's passive health like a
+//! live request's (a mirror that refuses connections shows as down in the admin API and
+//! `scoregate_backend_up`); the live answer never depends on it, since a mirror deployment has
+//! no live weight.
 //!
 //! `compare` is the comparison, pure: two answers and a tolerance in, a verdict out.
 
@@ -36,17 +42,18 @@ use http::uri::PathAndQuery;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 use crate::config::MirrorConfig;
+use crate::error::DisplayChain;
 use crate::metrics::{MirrorMetrics, MirrorResult};
 use crate::proxy::ForwardSettings;
 use crate::proxy::body::{Copied, CopyTee};
 use crate::proxy::headers::{
     AZUREML_MODEL_DEPLOYMENT, X_MS_CLIENT_REQUEST_ID, X_MS_REQUEST_ID, X_SCOREGATE_MIRROR,
 };
-use crate::proxy::upstream::{Refusal, Upstream};
+use crate::proxy::upstream::{InFlight, Refusal, Upstream};
 pub use compare::is_json_media_type;
 use compare::{Answer, Verdict, compare};
 
@@ -209,59 +216,109 @@ impl Mirror {
         }
     }
 
-    /// Runs a copy in a task of its own.
+    /// Runs a copy in a task of its own; every submitted copy is counted under one result.
     pub fn submit(self: &Arc<Self>, job: Job) {
         let me = self.clone();
         tokio::spawn(async move {
-            if let Some(r) = me.run(job).await {
-                me.metrics.count(r);
-            }
+            let r = me.run(job).await;
+            me.metrics.count(r);
         });
     }
 
-    /// `None`: cancelled (not counted).
-    async fn run(&self, job: Job) -> Option<MirrorResult> {
-        let q = self.queue.clone();
-        tokio::select! {
-            r = self.copy(job) => Some(r),
-            _ = q.cancelled() => None,
-        }
+    /// The copy's three phases. A cancellation (a reload that removes the mirror, the drain)
+    /// stops the first two, and the copy is counted by how far it got — the contract has no
+    /// result of its own for a cancelled copy: one not yet sent had no place (`skipped_busy`),
+    /// one sent got no answer (`error`). The comparison, which no longer touches the mirror
+    /// deployment, is not cancelled.
+    async fn run(&self, job: Job) -> MirrorResult {
+        let Job {
+            request,
+            body,
+            live,
+            request_id,
+        } = job;
+        let q = &self.queue;
+        // 1. The request body, a place among mirror_max_in_flight, a backend slot.
+        // Biased, cancellation first: a copy woken by both the cancellation and a freed place
+        // must not go on to send.
+        let ready = tokio::select! {
+            biased;
+            _ = q.cancelled() => return MirrorResult::SkippedBusy,
+            r = self.prepare(body) => r,
+        };
+        let (body, _permit, slot) = match ready {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        // 2. Sent: its answer, head and body.
+        let answer = tokio::select! {
+            biased;
+            _ = q.cancelled() => return MirrorResult::Error,
+            r = self.exchange(request, body, slot, live.head) => r,
+        };
+        let (status, json, mirror_body) = match answer {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        // 3. The comparison with the live answer.
+        self.judge(live, &request_id, status, json, mirror_body)
+            .await
     }
 
-    async fn copy(&self, job: Job) -> MirrorResult {
-        let body = match job.body.await {
+    /// Everything before the copy is sent: its body read to the end, a place among
+    /// mirror_max_in_flight (waiting among at most mirror_queue), a free slot of the mirror
+    /// deployment now or never.
+    async fn prepare(
+        &self,
+        body: oneshot::Receiver<Copied>,
+    ) -> Result<(Bytes, OwnedSemaphorePermit, InFlight), MirrorResult> {
+        let body = match body.await {
             Ok(Copied::Complete(frames)) => concat(frames),
-            Ok(Copied::TooLarge) => return MirrorResult::SkippedTooLarge,
-            Err(_) => return MirrorResult::SkippedLiveFailed,
+            Ok(Copied::TooLarge) => return Err(MirrorResult::SkippedTooLarge),
+            Err(_) => return Err(MirrorResult::SkippedLiveFailed),
         };
-        // A place among mirror_max_in_flight, waiting among at most mirror_queue.
-        let _permit = match self.queue.permits.clone().try_acquire_owned() {
+        let permit = match self.queue.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 let q = &self.queue.queued;
                 if q.fetch_add(1, Ordering::Relaxed) >= self.settings.queue {
                     q.fetch_sub(1, Ordering::Relaxed);
-                    return MirrorResult::SkippedBusy;
+                    return Err(MirrorResult::SkippedBusy);
                 }
-                let p = self.queue.permits.clone().acquire_owned().await;
-                q.fetch_sub(1, Ordering::Relaxed);
-                match p {
+                // Counted out of the queue however the wait ends (also when cancelled).
+                let _waiting = Decrement(q);
+                match self.queue.permits.clone().acquire_owned().await {
                     Ok(p) => p,
-                    Err(_) => return MirrorResult::SkippedBusy,
+                    Err(_) => return Err(MirrorResult::SkippedBusy),
                 }
             }
         };
-        // A free slot of the mirror deployment, now or never.
         let slot = match self.upstream.try_acquire(self.forward.limit) {
             Ok(s) => s,
-            Err(Refusal::NoBackend) => return MirrorResult::Error,
-            Err(_) => return MirrorResult::SkippedBusy,
+            Err(Refusal::NoBackend) => return Err(MirrorResult::Error),
+            Err(_) => return Err(MirrorResult::SkippedBusy),
         };
+        Ok((body, permit, slot))
+    }
+
+    /// Sends the copy and reads its answer (status, JSON media type, body or `None` when over
+    /// mirror_max_body), all within the mirror deployment's scoring_timeout. Connect failures
+    /// and successes feed the backend's passive health like a live request's, so a mirror
+    /// target that refuses connections shows as down (admin API, `scoregate_backend_up`); the
+    /// copy is not counted in `scoregate_backend_requests_total` (copies appear only in
+    /// `scoregate_mirror_*`, contract §8).
+    async fn exchange(
+        &self,
+        request: CopyRequest,
+        body: Bytes,
+        slot: InFlight,
+        live_head: Duration,
+    ) -> Result<(u16, bool, Option<Bytes>), MirrorResult> {
         let backend = slot.backend().clone();
         let mut req = Request::new(Either::Right(Full::new(body)));
         *req.method_mut() = Method::POST;
-        *req.headers_mut() = job.request.headers;
-        let path = match &job.request.query {
+        *req.headers_mut() = request.headers;
+        let path = match &request.query {
             Some(q) => PathAndQuery::try_from(format!("{}?{q}", self.forward.score_path)),
             None => PathAndQuery::try_from(self.forward.score_path.as_str()),
         }
@@ -274,14 +331,32 @@ impl Mirror {
         )
         .await
         {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) | Err(_) => return MirrorResult::Error,
+            Ok(Ok(r)) => {
+                backend.connect_succeeded();
+                r
+            }
+            Ok(Err(e)) => {
+                if e.is_connect() {
+                    backend.connect_failed();
+                } else {
+                    backend.connect_succeeded();
+                }
+                backend.record_error(format!("mirrored copy: {}", DisplayChain(&e)));
+                return Err(MirrorResult::Error);
+            }
+            Err(_) => {
+                backend.record_error(format!(
+                    "mirrored copy: no response head within scoring_timeout ({})",
+                    humantime::format_duration(self.forward.scoring_timeout)
+                ));
+                return Err(MirrorResult::Error);
+            }
         };
         let head = sent.elapsed();
-        if !job.live.head.is_zero() {
+        if !live_head.is_zero() {
             self.metrics
                 .latency_ratio
-                .observe(head.as_secs_f64() / job.live.head.as_secs_f64());
+                .observe(head.as_secs_f64() / live_head.as_secs_f64());
         }
         let status = resp.status().as_u16();
         let json = resp
@@ -290,26 +365,36 @@ impl Mirror {
             .and_then(|v| v.to_str().ok())
             .is_some_and(is_json_media_type);
         let mut mirror_body = BytesMut::new();
-        let mut mirror_too_large = false;
         let mut rb = resp.into_body();
         loop {
             match tokio::time::timeout_at(deadline, rb.frame()).await {
                 Ok(Some(Ok(f))) => {
                     if let Some(d) = f.data_ref() {
                         if mirror_body.len() + d.len() > self.settings.max_body as usize {
-                            mirror_too_large = true;
-                            break;
+                            return Ok((status, json, None));
                         }
                         mirror_body.extend_from_slice(d);
                     }
                 }
                 Ok(None) => break,
-                Ok(Some(Err(_))) | Err(_) => return MirrorResult::Error,
+                Ok(Some(Err(_))) | Err(_) => return Err(MirrorResult::Error),
             }
         }
         drop(rb);
         drop(slot);
-        let live_body = match tokio::time::timeout(LIVE_BODY_WAIT, job.live.body).await {
+        Ok((status, json, Some(mirror_body.freeze())))
+    }
+
+    /// Waits for the live body and compares the two answers.
+    async fn judge(
+        &self,
+        live: Live,
+        request_id: &HeaderValue,
+        status: u16,
+        json: bool,
+        mirror_body: Option<Bytes>,
+    ) -> MirrorResult {
+        let live_body = match tokio::time::timeout(LIVE_BODY_WAIT, live.body).await {
             Ok(Ok(c)) => c,
             _ => return MirrorResult::SkippedLiveFailed,
         };
@@ -317,18 +402,18 @@ impl Mirror {
             Copied::Complete(frames) => Some(concat(frames)),
             Copied::TooLarge => None,
         };
-        let (live_body, mirror_body) = match (live_body, mirror_too_large) {
-            (Some(l), false) => (l, mirror_body.freeze()),
-            _ if status == job.live.status => return MirrorResult::UncheckedTooLarge,
+        let (live_body, mirror_body) = match (live_body, mirror_body) {
+            (Some(l), Some(m)) => (l, m),
+            _ if status == live.status => return MirrorResult::UncheckedTooLarge,
             _ => {
-                self.log_difference(&job.request_id, job.live.status, status, None);
+                self.log_difference(request_id, live.status, status, None);
                 return MirrorResult::DifferentStatus;
             }
         };
         let verdict = compare(
             &Answer {
-                status: job.live.status,
-                json: job.live.json,
+                status: live.status,
+                json: live.json,
                 body: &live_body,
             },
             &Answer {
@@ -341,11 +426,11 @@ impl Mirror {
         match verdict {
             Verdict::Same => MirrorResult::Same,
             Verdict::DifferentStatus => {
-                self.log_difference(&job.request_id, job.live.status, status, None);
+                self.log_difference(request_id, live.status, status, None);
                 MirrorResult::DifferentStatus
             }
             Verdict::DifferentBody { path } => {
-                self.log_difference(&job.request_id, job.live.status, status, Some(path));
+                self.log_difference(request_id, live.status, status, Some(path));
                 MirrorResult::DifferentBody
             }
         }
@@ -392,6 +477,15 @@ impl Mirror {
     /// Counts a drawn copy that was never made (the live forward failed).
     pub fn count(&self, r: MirrorResult) {
         self.metrics.count(r);
+    }
+}
+
+/// Takes one off a count when dropped.
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -501,5 +595,122 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tee<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendProtocol;
+    use crate::proxy::upstream::Backend;
+
+    /// A backend that accepts connections and reads requests but never answers.
+    async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        (addr, task)
+    }
+
+    fn job(body: oneshot::Receiver<Copied>, live_body: oneshot::Receiver<Copied>) -> Job {
+        Job {
+            request: CopyRequest {
+                query: None,
+                headers: HeaderMap::new(),
+            },
+            body,
+            live: Live {
+                status: 200,
+                json: true,
+                head: Duration::from_millis(1),
+                body: live_body,
+            },
+            request_id: HeaderValue::from_static("req-1"),
+        }
+    }
+
+    /// A cancelled copy is counted by how far it got: sent and waiting for its answer,
+    /// `error`; waiting in the queue or for its request body, `skipped_busy`. The queue's
+    /// waiting count comes back to 0.
+    #[tokio::test]
+    async fn a_cancelled_copy_is_counted_once_by_how_far_it_got() {
+        let (addr, hole) = black_hole().await;
+        let uri: http::Uri = format!("http://{addr}").parse().unwrap();
+        let backend = Arc::new(Backend::new(&uri));
+        let upstream = Arc::new(Upstream::new(vec![backend.clone()], BackendProtocol::Http1));
+        let metrics = crate::metrics::Metrics::new().for_mirror("iris", "green");
+        let queue = Queue::new(1);
+        let mirror = Arc::new(Mirror::new(
+            "iris",
+            "green",
+            upstream,
+            ForwardSettings {
+                score_path: "/score".into(),
+                scoring_timeout: Duration::from_secs(60),
+                max_body: 1 << 20,
+                limit: 0,
+                max_wait: Duration::from_millis(500),
+                body_idle: Duration::from_secs(60),
+            },
+            MirrorConfig {
+                max_in_flight: 1,
+                queue: 8,
+                ..MirrorConfig::default()
+            },
+            queue.clone(),
+            metrics.clone(),
+        ));
+        let mut keep = Vec::new();
+        // Three copies with their bodies: one is sent (and never answered), two wait in the
+        // queue; a fourth waits for its request body.
+        for _ in 0..3 {
+            let (tx, rx) = oneshot::channel();
+            tx.send(Copied::Complete(vec![Bytes::from_static(b"{}")]))
+                .unwrap();
+            let (live_tx, live_rx) = oneshot::channel();
+            keep.push(live_tx);
+            mirror.submit(job(rx, live_rx));
+        }
+        let (body_tx, rx) = oneshot::channel();
+        let (live_tx, live_rx) = oneshot::channel();
+        keep.push(live_tx);
+        mirror.submit(job(rx, live_rx));
+        let t = Instant::now();
+        while !(backend.in_flight() == 1 && queue.waiting() == 2) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the copies did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Give the sent copy time to reach the backend.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        queue.cancel();
+        let t = Instant::now();
+        while metrics.counted(MirrorResult::Error) + metrics.counted(MirrorResult::SkippedBusy) < 4
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "error {}, skipped_busy {}",
+                metrics.counted(MirrorResult::Error),
+                metrics.counted(MirrorResult::SkippedBusy)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(metrics.counted(MirrorResult::Error), 1);
+        assert_eq!(metrics.counted(MirrorResult::SkippedBusy), 3);
+        assert_eq!(queue.waiting(), 0);
+        let t = Instant::now();
+        while backend.in_flight() != 0 {
+            assert!(t.elapsed() < Duration::from_secs(10), "the slot was kept");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop((body_tx, keep));
+        hole.abort();
     }
 }
