@@ -5,10 +5,12 @@
 # Contract under test (what the Rust gateway will do):
 #   POST https://127.0.0.1:<port>/api/v1/service/<name>/score
 #   "Authorization: Bearer <primary|secondary key>" else 401 JSON;
-#   Authorization stripped; forwarded to http://127.0.0.1:18080/score.
+#   Authorization stripped; forwarded to http://127.0.0.1:18080/score
+#   (closebackend: to http://127.0.0.1:18081/score, which closes every connection).
 #
 # What it does
-#   1. starts the fixed backend (nginx, conf/backend-nginx.conf.in, :18080)
+#   1. starts the fixed backend (nginx, conf/backend-nginx.conf.in, :18080 keep-alive
+#      and :18081 closing every connection)
 #   2. for each cert type in $CERTS and each worker count in $WORKERS: starts
 #      every peer in the table below, smoke-tests it, runs the tests with the
 #      runs of different peers interleaved (noise drifts hit all peers alike)
@@ -19,6 +21,11 @@
 # Tests ($TESTS_ecdsa / $TESTS_rsa: which tests run with which certificate)
 #   keepalive  wrk HTTPS keep-alive, POST ~200 B JSON, valid key; plus the
 #              backend directly over plain HTTP as the reference row
+#   closebackend  the keepalive load (wrk, keep-alive clients), but the peers,
+#              restarted, forward to the backend's :18081, which answers every
+#              response with "Connection: close" (as azmlinfsrv does): each
+#              request opens a new backend connection; plus that backend
+#              directly as the reference row
 #   handshake  wrk with "Connection: close": new TCP+TLS connection per request.
 #              NB wrk resumes its TLS session on reconnect (SSL_clear keeps it),
 #              so these are TLS 1.3 *resumed* handshakes (PSK + ECDHE, no
@@ -58,7 +65,7 @@ CERTDIR="$BENCH/certs"
 # ---- knobs (environment) -----------------------------------------------------
 WORKERS="${WORKERS:-1 2}"                 # worker processes / threads per proxy
 CERTS="${CERTS:-ecdsa rsa}"               # certificate types (see gen-certs.sh)
-TESTS_ecdsa="${TESTS_ecdsa-idle keepalive handshake fullhs h2}"
+TESTS_ecdsa="${TESTS_ecdsa-idle keepalive closebackend handshake fullhs h2}"
 TESTS_rsa="${TESTS_rsa-handshake fullhs}" # the key type matters for handshakes only
 RUNS="${RUNS:-3}"                         # repetitions of wrk runs (median taken)
 H2_RUNS="${H2_RUNS:-1}"                   # repetitions of h2load runs
@@ -79,6 +86,7 @@ ONLY="${ONLY:-}"                          # space-separated peer names to keep (
 EXTRA_PEER="${EXTRA_PEER:-}"              # "name port command" - a peer without editing
 SCORE_PATH="/api/v1/service/iris/score"
 BACKEND="127.0.0.1:18080"
+BACKEND_CLOSE="127.0.0.1:18081"                           # the same backend, closing every connection
 KEY1="bench-primary-0123456789abcdef0123456789abcdef"     # primary API key
 KEY2="bench-secondary-fedcba9876543210fedcba9876543210"   # secondary API key
 export BENCH_API_KEY="$KEY1"                                # read by tools/post.lua
@@ -451,9 +459,14 @@ mkdir -p "$PRUN/backend-tmp"
 start_proc backend 18080 "$PRUN/stdout.log" \
     'render backend-nginx.conf.in > $PRUN/backend.conf && exec nginx -e $PRUN/error.log -p $PRUN -c $PRUN/backend.conf'
 BACKEND_PID="$LAST_PID"
-code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --data-binary @"$TOOLS/body.json" "http://$BACKEND/score")"
-[[ "$code" == 200 ]] || die "backend answered $code"
+for b in "$BACKEND" "$BACKEND_CLOSE"; do
+    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --data-binary @"$TOOLS/body.json" "http://$b/score")"
+    [[ "$code" == 200 ]] || die "backend $b answered $code"
+done
+conn="$(curl -s -o /dev/null -D - --max-time 5 --data-binary @"$TOOLS/body.json" "http://$BACKEND_CLOSE/score" | tr -d '\r' | grep -i '^connection:' || true)"
+[[ "${conn,,}" == "connection: close" ]] || die "backend $BACKEND_CLOSE did not answer 'Connection: close' (got '$conn')"
 DIRECT_DONE=0
+CLOSE_DIRECT_DONE=0
 
 # start_peers: start every peer for the current $CERT and $W; PIDS[i] = its PID
 start_peers() {
@@ -543,6 +556,35 @@ for CERT in $CERTS; do
         fi
 
         stop_started 1          # this round's peers; the backend (STARTED[0]) stays
+
+        # closebackend: the same peers and keep-alive load, restarted in front of the
+        # backend's closing listener, so that every request opens a backend connection
+        if [[ " $TESTS " == *" closebackend "* ]]; then
+            BACKEND_SAVE="$BACKEND"; BACKEND="$BACKEND_CLOSE"
+            start_peers
+            for i in "${!PEER_NAMES[@]}"; do
+                code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --resolve "scoring.example.test:${PEER_PORTS[i]}:127.0.0.1" \
+                    --cacert "$CERTDIR/ca.pem" --data-binary @"$TOOLS/body.json" -H "Authorization: Bearer $KEY1" \
+                    "https://scoring.example.test:${PEER_PORTS[i]}$SCORE_PATH" || true)"
+                [[ "$code" == 200 ]] || log "  closebackend ${PEER_NAMES[i]}: a request answered $code, not 200"
+                wrk -t1 -c"$WRK_CONNS" -d"${WARMUP}s" -s "$TOOLS/post.lua" \
+                    "https://127.0.0.1:${PEER_PORTS[i]}$SCORE_PATH" >/dev/null 2>&1 || true
+            done
+            for run in $(seq "$RUNS"); do
+                if (( ! CLOSE_DIRECT_DONE )); then # reference row: the closing backend over plain HTTP
+                    W_SAVE="$W"; CERT_SAVE="$CERT"; W=1; CERT=plain
+                    run_wrk backend-direct closebackend "$run" "http://$BACKEND/score" "$BACKEND_PID"
+                    W="$W_SAVE"; CERT="$CERT_SAVE"
+                fi
+                for i in "${!PEER_NAMES[@]}"; do
+                    run_wrk "${PEER_NAMES[i]}" closebackend "$run" \
+                        "https://127.0.0.1:${PEER_PORTS[i]}$SCORE_PATH" "${PIDS[i]}"
+                done
+            done
+            CLOSE_DIRECT_DONE=1
+            BACKEND="$BACKEND_SAVE"
+            stop_started 1
+        fi
     done
 done
 

@@ -5,10 +5,10 @@
 
 The SVG (default: plot.svg beside the results) has one panel each for the keep-alive test's
 requests/s, its p50 and p99 latency, and the proxy's CPU µs per request, per peer (and per
-cert/workers setting when there are several); a last panel shows the proxy CPU µs per request or
-connection of the other tests that ran (HTTP/2, handshakes, idle KiB/conn). Values are medians
-over the clean runs, the way tools/summarize.py takes them. The SVG is written by hand: no
-dependencies beyond the Python standard library.
+cert/workers setting when there are several); then a panel with the proxy CPU µs per request or
+connection of the other tests that ran (backend closing every connection, HTTP/2, handshakes), and
+one with the idle KiB/conn. Values are medians over the clean runs, the way tools/summarize.py
+takes them. The SVG is written by hand: no dependencies beyond the Python standard library.
 
 On stdout: a Markdown table of --target's paired ratios to every other peer: for each run number,
 target's run ÷ the peer's run (they ran back to back), then the median over runs - the comparison
@@ -195,7 +195,8 @@ def plot(rows, out, env_line):
 
     # the other tests: one group per test (and cert/workers), one bar per peer
     other = []
-    for test, extra, name, key in (("h2load", ("proto",), "HTTP/2", "proxy_cpu_us_per_req"),
+    for test, extra, name, key in (("closebackend", (), "backend closes", "proxy_cpu_us_per_req"),
+                                   ("h2load", ("proto",), "HTTP/2", "proxy_cpu_us_per_req"),
                                    ("handshake", (), "new conn, resumed", "proxy_cpu_us_per_req"),
                                    ("fullhs", (), "full handshake", "proxy_cpu_us_per_req")):
         groups = OrderedDict()
@@ -240,6 +241,7 @@ def paired(a_rows, b_rows, key):
 def ratios(rows, target):
     lines = []
     for test, extra, keys in (("keepalive", (), ("rps", "proxy_cpu_us_per_req", "p99_us")),
+                              ("closebackend", (), ("rps", "proxy_cpu_us_per_req", "p99_us")),
                               ("handshake", (), ("rps", "proxy_cpu_us_per_req", "p99_us")),
                               ("fullhs", (), ("rps", "proxy_cpu_us_per_req")),
                               ("h2load", ("proto",), ("rps", "proxy_cpu_us_per_req"))):

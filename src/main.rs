@@ -17,10 +17,15 @@ fn init_logging(format: LogFormat, access: bool) {
     }
     // Colours only for a terminal: escape codes in a log file are noise, and colouring every
     // field name costs a third of an access-log line's formatting.
+    let ansi = std::io::stderr().is_terminal();
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    // Without colours, access lines are written by hand, as this subscriber would write them.
+    if !ansi {
+        scoregate::gateway::access_log::write_directly(format);
+    }
     match format {
         LogFormat::Json => b.json().flatten_event(true).init(),
         LogFormat::Text => b.init(),

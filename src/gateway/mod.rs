@@ -13,6 +13,7 @@
 //! contract's JSON, and `respond::refusal` decides what happens to the request body still on
 //! the wire.
 
+pub mod access_log;
 pub mod deploy;
 pub mod record;
 pub mod respond;

@@ -21,6 +21,7 @@ use http::{Method, Response};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
+use super::access_log::AccessLine;
 use crate::auth::AuthOutcome;
 use crate::limit::Shown;
 use crate::metrics::{Code, Outcome};
@@ -201,30 +202,33 @@ impl Record {
             None => self.shared.metrics.unrouted(logged_status, code),
         }
         if tracing::enabled!(target: "access", tracing::Level::INFO) {
-            tracing::info!(
-                target: "access",
-                request_id = self.request_id.to_str().unwrap_or("-"),
-                client = %self.client,
-                method = self.method.as_str(),
-                path = self.path.as_str(),
-                service = self.service.as_ref().map_or("-", |s| s.config.name.as_str()),
-                deployment = self.chosen_deployment().map_or("-", |d| d.name.as_str()),
-                status = logged_status,
-                code = code.as_str(),
-                outcome = end.as_str(),
-                latency_us = self.head_elapsed.map(|d| d.as_micros() as u64),
-                duration_us = elapsed.as_micros() as u64,
-                backend = self.backend.as_ref().map_or("-", |b| b.url.as_str()),
-                backend_us = self.backend_elapsed.map(|d| d.as_micros() as u64),
-                bytes_in = self.bytes_in,
-                bytes_out = self.bytes_out,
-                auth = self.auth.as_str(),
-                rate_limited_by = match (&self.service, self.rate_limited_by) {
+            AccessLine {
+                request_id: self.request_id.to_str().unwrap_or("-"),
+                client: self.client,
+                method: self.method.as_str(),
+                path: self.path.as_str(),
+                service: self
+                    .service
+                    .as_ref()
+                    .map_or("-", |s| s.config.name.as_str()),
+                deployment: self.chosen_deployment().map_or("-", |d| d.name.as_str()),
+                status: logged_status,
+                code: code.as_str(),
+                outcome: end.as_str(),
+                latency_us: self.head_elapsed.map(|d| d.as_micros() as u64),
+                duration_us: elapsed.as_micros() as u64,
+                backend: self.backend.as_ref().map_or("-", |b| b.url.as_str()),
+                backend_us: self.backend_elapsed.map(|d| d.as_micros() as u64),
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+                auth: self.auth.as_str(),
+                rate_limited_by: match (&self.service, self.rate_limited_by) {
                     (Some(s), Some(i)) => s.limits.name(i),
                     _ => "-",
                 },
-                mirrored = self.mirrored,
-            );
+                mirrored: self.mirrored,
+            }
+            .log();
         }
         self.slot = None;
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
