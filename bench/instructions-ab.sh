@@ -5,6 +5,7 @@
 #   cargo build --release && bench/instructions-ab.sh [seconds]        # rate limit: none vs one by = "client" policy
 #   AB=store bench/instructions-ab.sh [seconds]                         # file store vs Redis store (needs redis-server)
 #   AB=store AUTH=token bench/instructions-ab.sh [seconds]              # the same with token auth
+#   AB=deploy bench/instructions-ab.sh [seconds]                        # 1 deployment vs blue/green 50/50 vs that + a 10 % mirror
 # (BENCHMARKS.md, "Rate limits" and "Shared store"). Prints, per variant, the requests in the
 # window and the instructions per request. BIN overrides the binary; KEEP=DIR keeps the
 # callgrind profiles there.
@@ -16,8 +17,10 @@ AUTH=${AUTH:-key}
 case $AB in
     ratelimit) variants="none rl" ;;
     store) variants="file redis"; command -v redis-server >/dev/null || { echo "needs redis-server" >&2; exit 1; } ;;
-    *) echo "AB must be ratelimit or store" >&2; exit 2 ;;
+    deploy) variants="one split mirror" ;;
+    *) echo "AB must be ratelimit, store or deploy" >&2; exit 2 ;;
 esac
+variants=${VARIANTS:-$variants}   # e.g. VARIANTS=none: one variant (with BIN=, an old binary)
 DIR=$(mktemp -d /tmp/scoregate-instr.XXXXXX)
 cleanup() {
     kill $(jobs -p) 2>/dev/null || true
@@ -28,10 +31,10 @@ cleanup() {
 }
 trap cleanup EXIT
 cd "$DIR"
-read -r BACKEND_PORT LISTEN_PORT ADMIN_PORT REDIS_PORT <<<"$(python3 - <<'PY'
+read -r BACKEND_PORT LISTEN_PORT ADMIN_PORT REDIS_PORT BACKEND2_PORT BACKEND3_PORT <<<"$(python3 - <<'PY'
 import random, socket
 got = []
-while len(got) < 4:
+while len(got) < 6:
     p = random.randrange(20000, 32000)
     try:
         socket.create_server(("127.0.0.1", p)).close()
@@ -60,6 +63,7 @@ class S(socketserver.ThreadingMixIn, http.server.HTTPServer): daemon_threads = T
 S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
 python3 backend.py "$BACKEND_PORT" &
+if [[ $AB == deploy ]]; then python3 backend.py "$BACKEND2_PORT" & python3 backend.py "$BACKEND3_PORT" & fi
 if [[ $AB == store ]]; then
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$DIR" \
         --daemonize yes --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log"
@@ -71,6 +75,16 @@ KEY=bench-primary-0123456789abcdef0123456789abcdef
 for v in $variants; do
     extra="" state=""
     [[ $v == rl ]] && extra=$'[[service.rate_limit]]\nby = "client"\nrequests = 1000000\nper = "1s"\nburst = 1000'
+    backends="backends = [\"http://127.0.0.1:$BACKEND_PORT\"]"
+    if [[ $v == split || $v == mirror ]]; then
+        backends=$'traffic = { blue = 50, green = 50 }'
+        deps=$'[[service.deployment]]\nname = "blue"\nbackends = ["http://127.0.0.1:'$BACKEND_PORT$'"]\n[[service.deployment]]\nname = "green"\nbackends = ["http://127.0.0.1:'$BACKEND2_PORT$'"]'
+        if [[ $v == mirror ]]; then
+            backends+=$'\nmirror_traffic = { candidate = 10 }'
+            deps+=$'\n[[service.deployment]]\nname = "candidate"\nbackends = ["http://127.0.0.1:'$BACKEND3_PORT$'"]'
+        fi
+        extra=$deps
+    fi
     [[ $v == redis ]] && state=$'store = "redis"\n[state.redis]\nurl_file = "redis-url"\nprefix = "instr:"\nsecret_key_file = "store-key"'
     if [[ $AUTH == token ]]; then svc_auth='auth = "token"'; else
         svc_auth=$'auth = "key"\nprimary_key = "'$KEY$'"\nsecondary_key = "bench-secondary-fedcba9876543210fedcba9876543210"'; fi
@@ -94,7 +108,7 @@ access = false
 [[service]]
 name = "iris"
 $svc_auth
-backends = ["http://127.0.0.1:$BACKEND_PORT"]
+$backends
 health = { period = "1h" }
 $extra
 TOML
@@ -113,10 +127,11 @@ TOML
     "${load[@]}" --duration 3s > /dev/null 2>&1
     count() { curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^scoregate_requests_total/ {s += $2} END {print s}'; }
     ok() { curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^scoregate_requests_total.*class="2xx"/ {s += $2} END {print s + 0}'; }
+    mirrored() { curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^scoregate_mirror_requests_total/ {s += $2} END {print s + 0}'; }
     callgrind_control -z $vp > /dev/null
-    r0=$(count) o0=$(ok)
+    r0=$(count) o0=$(ok) m0=$(mirrored)
     "${load[@]}" --duration "${SECS}s" > /dev/null 2>&1
-    r1=$(count) o1=$(ok)
+    r1=$(count) o1=$(ok) m1=$(mirrored)
     callgrind_control -d $vp > /dev/null
     sleep 2
     kill -INT $vp; wait $vp 2>/dev/null || true
@@ -124,6 +139,8 @@ TOML
     if [[ $AB == ratelimit ]]; then
         check=$(callgrind_annotate --inclusive=yes "$DIR/cg.$v.1" 2>/dev/null | awk '/ServiceLimits::check \[/ {gsub(",", "", $1); print $1}')
         echo "$v: $((r1 - r0)) requests, $((ir / (r1 - r0))) instructions/request (4 handshakes included), limit phase ${check:-0} in all"
+    elif [[ $AB == deploy ]]; then
+        echo "$v: $((r1 - r0)) live requests ($((o1 - o0)) 2xx), $((ir / (r1 - r0))) instructions per live request (4 handshakes and the copies included), $((m1 - m0)) copies"
     else
         # Instructions in the Redis client and the store's own code (exclusive costs, summed).
         store=$(callgrind_annotate --threshold=100 "$DIR/cg.$v.1" 2>/dev/null |
