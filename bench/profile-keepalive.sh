@@ -12,6 +12,8 @@
 #   VARIANTS=on SECS=30 bench/profile-keepalive.sh
 #   CLOSE=1 bench/profile-keepalive.sh          # the backend closes every connection (azmlinfsrv)
 #   KEEP=DIR bench/profile-keepalive.sh         # keep the callgrind profiles in DIR
+#   VARIANTS="off split mirror" bench/profile-keepalive.sh   # one deployment vs blue/green 50/50
+#                                                 # vs that + a 10 % mirror (access log off)
 #
 # Knobs: BIN (default target/profiling/scoregate: release code with symbols), VARIANTS ("off on":
 # access log), SECS (measured seconds, default 20), CONNS (4), CLOSE (0), TOP (15). Prints, per
@@ -73,10 +75,16 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True; request_queue_size = 1024
-S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+S((sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
 python3 backend.py "$BACKEND_PORT" "$CLOSE" &
 PIDS+=($!)
+if [[ " $VARIANTS " == *" split "* || " $VARIANTS " == *" mirror "* ]]; then
+    # green and the mirror's candidate: the same backend code on 127.0.0.2 and 127.0.0.3 (a
+    # backend URL may belong to one deployment only).
+    python3 backend.py "$BACKEND_PORT" "$CLOSE" 127.0.0.2 & PIDS+=($!)
+    python3 backend.py "$BACKEND_PORT" "$CLOSE" 127.0.0.3 & PIDS+=($!)
+fi
 openssl rand -hex 24 > admin-token
 KEY=bench-primary-0123456789abcdef0123456789abcdef
 metric() {  # the sum of scoregate_requests_total
@@ -86,6 +94,14 @@ echo "| access log | backend | requests | instructions / request |"
 echo "|---|---|---|---|"
 for v in $VARIANTS; do
     access=false; [[ $v == on ]] && access=true
+    backends="backends = [\"http://127.0.0.1:$BACKEND_PORT\"]" deployments=""
+    if [[ $v == split || $v == mirror ]]; then
+        backends='traffic = { blue = 50, green = 50 }'
+        [[ $v == mirror ]] && backends+=$'\nmirror_traffic = { candidate = 10 }'
+        for d in blue:1 green:2 $([[ $v == mirror ]] && echo candidate:3); do
+            deployments+=$'\n[[service.deployment]]\nname = "'${d%%:*}$'"\nbackends = ["http://127.0.0.'${d##*:}:$BACKEND_PORT$'"]'
+        done
+    fi
     cat > $v.toml <<TOML
 [listen]
 address = "127.0.0.1:$LISTEN_PORT"
@@ -107,8 +123,9 @@ name = "iris"
 auth = "key"
 primary_key = "$KEY"
 secondary_key = "bench-secondary-fedcba9876543210fedcba9876543210"
-backends = ["http://127.0.0.1:$BACKEND_PORT"]
+$backends
 health = { period = "1h" }
+$deployments
 TOML
     valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.$v" "$BIN" serve --config $v.toml \
         > gw.$v.out 2> gw.$v.log &
@@ -130,6 +147,6 @@ TOML
     ir=$(grep -m1 '^summary:' "$DIR/cg.$v.1" | awk '{print $2}')
     echo "| $v | $([[ $CLOSE == 1 ]] && echo closes || echo keep-alive) | $n | $((ir / n)) |"
     # Where they went: exclusive cost per group, and the top functions.
-    python3 "$REPO/bench/tools/callgrind_groups.py" "$DIR/cg.$v.1" "$n" --top "${TOP:-15}" | sed 's/^/    /'
+    python3 "$REPO/bench/tools/callgrind_groups.py" "$DIR/cg.$v.1" "$n" --top "${TOP:-15}" | sed 's/^/    /' || true
     if [[ -n ${KEEP:-} ]]; then mkdir -p "$KEEP"; cp "$DIR/cg.$v.1" "$KEEP/callgrind.keepalive-$([[ $CLOSE == 1 ]] && echo close-)access-$v"; fi
 done
