@@ -23,6 +23,7 @@
 # (apt-get install -y redis-server haproxy; stop the system Redis if the package started one).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+TOOLS="$(pwd)/bench/tools"
 bin=$(realpath "${BIN:-target/release/scoregate}")
 duration=${DURATION:-30}
 kill_at=${KILL_AT:-10.5}
@@ -54,19 +55,7 @@ trap 'exit 130' INT TERM
 
 # Free loopback ports below the ephemeral range, so that nobody else's bind(0) or outgoing
 # connection takes Redis's port while it is down.
-read -r -a ports <<<"$(python3 - $((3 + 2 * replicas)) <<'PY'
-import random, socket, sys
-got = set()
-while len(got) < int(sys.argv[1]):
-    p = random.randrange(20000, 32000)
-    try:
-        socket.create_server(("127.0.0.1", p)).close()
-        got.add(p)
-    except OSError:
-        pass
-print(*got)
-PY
-)"
+read -r -a ports <<<"$(python3 "$TOOLS/free_ports.py" $((3 + 2 * replicas)))"
 redis_port=${ports[0]} backend_port=${ports[1]} lb_port=${ports[2]}
 
 bench/gen-certs.sh "$tmp/certs" >/dev/null 2>&1

@@ -10,6 +10,7 @@
 # window and the instructions per request. BIN overrides the binary; KEEP=DIR keeps the
 # callgrind profiles there.
 set -euo pipefail
+TOOLS="$(cd "$(dirname "$0")" && pwd)/tools"
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/scoregate}
 SECS=${1:-15}
 AB=${AB:-ratelimit}
@@ -31,20 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 cd "$DIR"
-read -r BACKEND_PORT LISTEN_PORT ADMIN_PORT REDIS_PORT BACKEND2_PORT BACKEND3_PORT <<<"$(python3 - <<'PY'
-import random, socket
-got = []
-while len(got) < 6:
-    p = random.randrange(20000, 32000)
-    try:
-        socket.create_server(("127.0.0.1", p)).close()
-        if p not in got:
-            got.append(p)
-    except OSError:
-        pass
-print(*got)
-PY
-)"
+read -r BACKEND_PORT LISTEN_PORT ADMIN_PORT REDIS_PORT BACKEND2_PORT BACKEND3_PORT <<<"$(python3 "$TOOLS/free_ports.py" 6)"
 mkdir certs
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout certs/key.pem \
     -out certs/fullchain.pem -days 2 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost" 2>/dev/null

@@ -23,6 +23,7 @@
 # the kernel.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$REPO/bench/tools"
 BIN=${BIN:-$REPO/target/profiling/scoregate}
 VARIANTS=${VARIANTS:-off on}
 SECS=${SECS:-20}
@@ -41,20 +42,7 @@ cleanup() {
 }
 trap cleanup EXIT
 cd "$DIR"
-read -r BACKEND_PORT LISTEN_PORT ADMIN_PORT <<<"$(python3 - <<'PY'
-import random, socket
-got = []
-while len(got) < 3:
-    p = random.randrange(20000, 32000)
-    try:
-        socket.create_server(("127.0.0.1", p)).close()
-        if p not in got:
-            got.append(p)
-    except OSError:
-        pass
-print(*got)
-PY
-)"
+read -r BACKEND_PORT LISTEN_PORT ADMIN_PORT <<<"$(python3 "$TOOLS/free_ports.py" 3)"
 mkdir certs
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout certs/key.pem \
     -out certs/fullchain.pem -days 2 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost" 2>/dev/null
