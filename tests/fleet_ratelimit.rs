@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rustls_pki_types::ServerName;
 use scoregate::config::{
     AuthMode, Config, RateLimitBy, RateLimitConfig, ServiceConfig, StoreConfig,
 };
@@ -23,8 +22,6 @@ use scoregate_testkit::fleet::{
 use scoregate_testkit::metrics::{metrics, value};
 use scoregate_testkit::redis::{Redis, use_redis};
 use scoregate_testkit::*;
-use tokio::net::TcpSocket;
-use tokio_rustls::TlsConnector;
 
 /// One test at a time in this file: they time load and outages on two shared cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -73,25 +70,6 @@ fn assert_429(r: &Resp, retry_after: u64) {
         "{r:?}"
     );
     assert_eq!(r.header("retry-after"), retry_after.to_string(), "{r:?}");
-}
-
-/// An HTTP/1.1 connection from a chosen loopback source address.
-async fn h1_from(client: &TlsClient, src: &str, addr: SocketAddr) -> Conn {
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    let tcp = tokio::time::timeout(STEP, sock.connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let cfg = client.config(&[b"http/1.1"], rustls::DEFAULT_VERSIONS);
-    let tls = tokio::time::timeout(
-        STEP,
-        TlsConnector::from(Arc::new(cfg)).connect(ServerName::try_from("localhost").unwrap(), tcp),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    Conn::h1(tls).await
 }
 
 async fn degraded(gw: &Gw) -> f64 {
@@ -155,7 +133,7 @@ async fn replicas_take_from_the_same_buckets() {
     assert_eq!(r.header("ratelimit-policy"), "\"per-client\";q=3;w=60");
     assert_eq!(backend.scored(), 3, "the refused request was not forwarded");
     // Another client address has its own bucket, on either replica.
-    let mut other = h1_from(&client, "127.0.0.2", b.addr).await;
+    let mut other = client.h1_from("127.0.0.2", b.addr).await;
     assert_eq!(score(&mut other, "iris", Some(&key)).await.status, 200);
 
     // The keys: one per (policy, bucket), under the prefix; no key value anywhere in Redis.

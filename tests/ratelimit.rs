@@ -6,19 +6,15 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use rustls_pki_types::ServerName;
 use scoregate::certgen::LeafOptions;
 use scoregate::config::{AuthMode, Config, RateLimitBy, RateLimitConfig, ServiceConfig};
 use scoregate_testkit::metrics::{metrics, value};
 use scoregate_testkit::*;
 use serde_json::Value;
-use tokio::net::TcpSocket;
-use tokio_rustls::TlsConnector;
 
 const BODY: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
 
@@ -70,25 +66,6 @@ fn assert_429(r: &Resp, retry_after: u64) {
         "{r:?}"
     );
     assert_eq!(r.header("retry-after"), retry_after.to_string());
-}
-
-/// An HTTP/1.1 connection from a chosen loopback source address (127.0.0.2, ...).
-async fn h1_from(client: &TlsClient, src: &str, addr: SocketAddr) -> Conn {
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    let tcp = tokio::time::timeout(STEP, sock.connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let cfg = client.config(&[b"http/1.1"], rustls::DEFAULT_VERSIONS);
-    let tls = tokio::time::timeout(
-        STEP,
-        TlsConnector::from(Arc::new(cfg)).connect(ServerName::try_from("localhost").unwrap(), tcp),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    Conn::h1(tls).await
 }
 
 // ---------------------------------------------------------------- access log capture
@@ -326,12 +303,12 @@ async fn client_buckets_are_apart() {
     ))
     .await;
     let client = pki.client();
-    let mut a = h1_from(&client, "127.0.0.2", gw.addr).await;
-    let mut b = h1_from(&client, "127.0.0.3", gw.addr).await;
+    let mut a = client.h1_from("127.0.0.2", gw.addr).await;
+    let mut b = client.h1_from("127.0.0.3", gw.addr).await;
     assert_eq!(score(&mut a, "perclient", None).await.status, 200);
     assert_429(&score(&mut a, "perclient", None).await, 60);
     // A new connection from the same address shares its bucket.
-    let mut a2 = h1_from(&client, "127.0.0.2", gw.addr).await;
+    let mut a2 = client.h1_from("127.0.0.2", gw.addr).await;
     assert_429(&score(&mut a2, "perclient", None).await, 60);
     let r = score(&mut b, "perclient", None).await;
     assert_eq!(r.status, 200);
@@ -456,7 +433,7 @@ async fn two_policies_take_all_or_nothing() {
     ))
     .await;
     let client = pki.client();
-    let mut a = h1_from(&client, "127.0.0.2", gw.addr).await;
+    let mut a = client.h1_from("127.0.0.2", gw.addr).await;
     let r = score(&mut a, "both", None).await;
     assert_eq!(limit_headers(&r).1, "\"client\";r=1;t=0");
     let r = score(&mut a, "both", None).await;

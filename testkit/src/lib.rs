@@ -444,6 +444,27 @@ impl TlsClient {
         Conn::h1(tls).await
     }
 
+    /// An HTTP/1.1 connection from a chosen loopback source address (127.0.0.2, ...): a second
+    /// client address for per-client rules (rate limits, allow lists).
+    pub async fn h1_from(&self, src: &str, addr: SocketAddr) -> Conn {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+        let tcp = tokio::time::timeout(STEP, sock.connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let cfg = self.config(&[b"http/1.1"], rustls::DEFAULT_VERSIONS);
+        let tls = tokio::time::timeout(
+            STEP,
+            TlsConnector::from(Arc::new(cfg))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        Conn::h1(tls).await
+    }
+
     /// An HTTP/2 connection (ALPN h2).
     pub async fn h2(&self, addr: SocketAddr) -> Conn {
         let tls = self.connect(addr, &[b"h2"]).await;
