@@ -114,7 +114,7 @@ fn benches(c: &mut Criterion) {
 
     let rid = HeaderValue::from_static("0f8fad5b-d9cb-469f-a165-70867728950e");
     let fwd = ForwardedFor {
-        hop: "10.1.2.3".parse().unwrap(),
+        hop: &HeaderValue::from_static("10.1.2.3"),
         trusted_peer: false,
         host: None,
     };

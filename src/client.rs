@@ -15,7 +15,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 
 use crate::proxy::headers::X_FORWARDED_FOR;
@@ -62,8 +62,9 @@ impl Trust {
     /// trusted L4 balancer), or a client (or HTTP proxy) speaking for itself.
     pub fn at_accept(&self, peer: SocketAddr) -> ConnIdentity {
         let via_proxy_protocol = self.proxy_protocol && self.trusts(peer.ip());
+        let client = SocketAddr::new(canonical_ip(peer.ip()), peer.port());
         ConnIdentity {
-            client: SocketAddr::new(canonical_ip(peer.ip()), peer.port()),
+            client,
             peer,
             learned: if via_proxy_protocol {
                 Learned::ProxyProtocol
@@ -71,6 +72,8 @@ impl Trust {
                 Learned::Direct
             },
             http_proxy: !self.proxy_protocol && self.trusts(peer.ip()),
+            // Either way the peer's address until a PROXY header names another client.
+            forwarded_for: ip_value(client.ip()),
         }
     }
 }
@@ -103,9 +106,23 @@ pub struct ConnIdentity {
     pub learned: Learned,
     /// The peer is a trusted HTTP proxy: its `X-Forwarded-*` headers are believed.
     pub http_proxy: bool,
+    /// What this hop appends to `X-Forwarded-For` (`ClientIdentity::forwarded_for_hop`, the
+    /// same for every request of a connection), made once instead of per request.
+    forwarded_for: HeaderValue,
+}
+
+/// An address as a header value.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
 }
 
 impl ConnIdentity {
+    /// This hop's `X-Forwarded-For` entry for every request on the connection: the TCP peer
+    /// behind a trusted HTTP proxy (the client is already in the list), else the client.
+    pub fn forwarded_for(&self) -> &HeaderValue {
+        &self.forwarded_for
+    }
+
     /// `learned` is `ProxyProtocol`: this connection must start with a PROXY v2 header.
     pub fn expects_proxy_header(&self) -> bool {
         self.learned == Learned::ProxyProtocol
@@ -116,6 +133,9 @@ impl ConnIdentity {
     pub fn with_proxy_source(mut self, source: Option<SocketAddr>) -> Self {
         if let Some(s) = source {
             self.client = SocketAddr::new(canonical_ip(s.ip()), s.port());
+            // A PROXY header comes only from a trusted L4 balancer, never an HTTP proxy, so
+            // the appended hop is the client it names.
+            self.forwarded_for = ip_value(self.client.ip());
         }
         self
     }
@@ -161,20 +181,6 @@ pub struct ClientIdentity {
     pub http_proxy: bool,
 }
 
-impl ClientIdentity {
-    /// The address this hop appends to `X-Forwarded-For`: whoever connected to the gateway.
-    /// Behind a trusted HTTP proxy that is the proxy (the client is already in the list);
-    /// otherwise it is the client (the TCP peer, or the source behind a PROXY header, since an
-    /// L4 balancer is not an HTTP hop).
-    pub fn forwarded_for_hop(&self) -> IpAddr {
-        if self.http_proxy {
-            canonical_ip(self.peer.ip())
-        } else {
-            self.ip
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,10 +219,8 @@ mod tests {
         let id = conn.for_request(&xff("203.0.113.1, 198.51.100.7"));
         assert_eq!(id.ip, "198.51.100.7".parse::<IpAddr>().unwrap());
         assert_eq!(id.learned, Learned::ForwardedFor);
-        assert_eq!(
-            id.forwarded_for_hop(),
-            "10.0.0.5".parse::<IpAddr>().unwrap()
-        );
+        // The appended hop is the proxy: the client is already in the list.
+        assert_eq!(conn.forwarded_for(), "10.0.0.5");
         // Without the header the proxy itself is the client.
         let id = conn.for_request(&HeaderMap::new());
         assert_eq!(id.ip, "10.0.0.5".parse::<IpAddr>().unwrap());
@@ -230,7 +234,7 @@ mod tests {
             (id.ip, id.learned),
             ("192.0.2.9".parse().unwrap(), Learned::Direct)
         );
-        assert_eq!(id.forwarded_for_hop(), id.ip);
+        assert_eq!(conn.forwarded_for(), "192.0.2.9");
 
         let conn = trust(true).at_accept("10.0.0.5:4000".parse().unwrap());
         assert!(conn.expects_proxy_header());
@@ -238,17 +242,20 @@ mod tests {
         let id = conn.for_request(&xff("6.6.6.6"));
         assert_eq!(id.ip, "203.0.113.1".parse::<IpAddr>().unwrap());
         assert_eq!(id.learned, Learned::ProxyProtocol);
-        assert_eq!(id.forwarded_for_hop(), id.ip);
+        // A PROXY header's balancer is not an HTTP hop: the client it names is appended.
+        assert_eq!(conn.forwarded_for(), "203.0.113.1");
         // A LOCAL header keeps the balancer as the client.
         let conn = trust(true)
             .at_accept("10.0.0.5:4000".parse().unwrap())
             .with_proxy_source(None);
         assert_eq!(conn.client.ip(), "10.0.0.5".parse::<IpAddr>().unwrap());
+        assert_eq!(conn.forwarded_for(), "10.0.0.5");
     }
 
     #[test]
     fn mapped_ipv6_counts_as_ipv4() {
         let conn = Trust::default().at_accept("[::ffff:127.0.0.2]:1".parse().unwrap());
         assert_eq!(conn.client.ip(), "127.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(conn.forwarded_for(), "127.0.0.2");
     }
 }

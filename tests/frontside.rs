@@ -307,6 +307,28 @@ async fn oversized_or_too_many_headers_get_431() {
     let head = raw_exchange(&mut tls, ok.as_bytes()).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
 
+    gw.stop().await;
+
+    // A configured `max_headers` other than hyper's own default (100) is enforced: the gateway
+    // sets it on hyper only then (server::http), so both sides of that branch are checked here.
+    let mut cfg = base(&pki, &backend);
+    cfg.limits.max_headers = 20;
+    let gw = Gw::start(cfg).await;
+    let head_with = |n: usize| {
+        let mut s = String::from("POST /api/v1/service/iris/score HTTP/1.1\r\nhost: localhost\r\n");
+        for i in 0..n {
+            s.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        s.push_str("content-length: 0\r\n\r\n");
+        s
+    };
+    let mut tls = tls_from(&client, "127.0.0.1", gw.addr, b"").await.unwrap();
+    let head = raw_exchange(&mut tls, head_with(25).as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 431"), "{head:?}");
+    let mut tls = tls_from(&client, "127.0.0.1", gw.addr, b"").await.unwrap();
+    let head = raw_exchange(&mut tls, head_with(15).as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
+
     // HTTP/2: a header list over the limit gets 431 on its stream (from the h2 layer); the
     // connection and the gateway go on.
     let mut h2 = client.h2(gw.addr).await;
@@ -332,7 +354,7 @@ async fn oversized_or_too_many_headers_get_431() {
     assert_eq!(score(&mut h2, "iris").await.status, 200);
     let mut c = client.h1(gw.addr).await;
     assert_eq!(score(&mut c, "iris").await.status, 200);
-    assert_eq!(backend.scored(), 3);
+    assert_eq!(backend.scored(), 4);
     gw.stop().await;
 }
 

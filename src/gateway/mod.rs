@@ -81,7 +81,7 @@ pub async fn handle(
         }
         Ok((svc, target, chosen)) => {
             let dep = &svc.deployments[chosen.index];
-            forwarded_headers(&mut parts, &client, &rec.request_id);
+            forwarded_headers(&mut parts, &conn, &rec.request_id);
             parts
                 .headers
                 .insert(AZUREML_MODEL_DEPLOYMENT, dep.header.clone());
@@ -281,7 +281,7 @@ fn admit(
 /// gone, forwarded headers set from the client's identity, our request id added.
 fn forwarded_headers(
     parts: &mut http::request::Parts,
-    client: &ClientIdentity,
+    conn: &ConnIdentity,
     request_id: &HeaderValue,
 ) {
     let host = match parts.uri.authority() {
@@ -289,8 +289,8 @@ fn forwarded_headers(
         None => parts.headers.get(header::HOST).cloned(),
     };
     let fwd = ForwardedFor {
-        hop: client.forwarded_for_hop(),
-        trusted_peer: client.http_proxy,
+        hop: conn.forwarded_for(),
+        trusted_peer: conn.http_proxy,
         host: host.as_ref(),
     };
     headers::rewrite_request(&mut parts.headers, &fwd, request_id);

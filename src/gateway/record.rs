@@ -126,7 +126,7 @@ impl Record {
         parts: &http::request::Parts,
         client: IpAddr,
         bytes_in: Option<u64>,
-    ) -> Record {
+    ) -> Box<Record> {
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
         shared.metrics.in_flight.inc();
         let path = if tracing::enabled!(target: "access", tracing::Level::INFO) {
@@ -136,7 +136,7 @@ impl Record {
         } else {
             String::new()
         };
-        Record {
+        Box::new(Record {
             shared: shared.clone(),
             started: Instant::now(),
             request_id: new_request_id(),
@@ -159,13 +159,13 @@ impl Record {
             code: Code::ClientGone,
             head_elapsed: None,
             end: None,
-        }
+        })
     }
 
     /// The response head is ready: remember its status and who made it, and move the record
     /// into the body, which finishes it.
     pub fn attach<B: Body<Data = Bytes> + Unpin>(
-        mut self,
+        mut self: Box<Self>,
         resp: Response<B>,
         code: Code,
     ) -> Response<Observed<B>> {
@@ -245,7 +245,10 @@ impl Drop for Record {
 /// A response body that finishes its request's record when it ends, fails, or is dropped.
 pub struct Observed<B> {
     body: B,
-    record: Record,
+    /// Boxed from the start (`Record::start`): the response is moved several times on its way
+    /// out (into hyper's dispatcher, into its write state) and the request's future is kept on
+    /// every connection, so a pointer is cheaper than the record's ~340 bytes at each move.
+    record: Box<Record>,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for Observed<B> {

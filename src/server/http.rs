@@ -36,6 +36,11 @@ const H2_MAX_LOCAL_RESETS: usize = 1024;
 const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// hyper's smallest allowed read buffer; the header limit may ask for more.
 const MIN_READ_BUF: usize = 8 * 1024;
+/// hyper's own header-count limit for HTTP/1.1 (`hyper::proto::h1::role::DEFAULT_MAX_HEADERS`).
+/// Left unset at this value: hyper then parses into an inline array, where any explicit limit,
+/// even the same number, makes it fill a fresh `SmallVec` of that size for every request
+/// (about 1 700 instructions, 2 % of a keep-alive request; BENCHMARKS.md).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// hyper connection builders, configured once from the limits.
 pub(super) struct Builders {
@@ -49,10 +54,12 @@ impl Builders {
         h1.timer(TokioTimer::new())
             // Our own header-read timer replaces hyper's (see the module comment).
             .header_read_timeout(None)
-            .max_headers(limits.max_headers)
             .max_header_size(limits.max_header_size)
             .max_buf_size(limits.max_header_size.max(MIN_READ_BUF))
             .keep_alive(true);
+        if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+            h1.max_headers(limits.max_headers);
+        }
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(limits.h2_max_concurrent_streams)
