@@ -8,13 +8,15 @@
 
 mod guards;
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -65,7 +67,7 @@ impl Drive<'_> {
     /// Runs a hyper connection to its end, applying the header-read and idle timers and the
     /// drain phases. `graceful` starts hyper's graceful close of that connection.
     pub(super) async fn run<C>(
-        mut self,
+        self,
         mut conn: Pin<&mut C>,
         graceful: impl Fn(Pin<&mut C>),
         phase: &mut watch::Receiver<Phase>,
@@ -84,24 +86,66 @@ impl Drive<'_> {
         // says when to look next), so requests do not touch the timer wheel.
         let timer = tokio::time::sleep_until(Instant::now());
         let mut timer = pin!(timer);
+        // The other wake-ups are futures kept across the loop's turns and made again only when
+        // they complete (a new `changed()` or `notified()` registers a new waiter).
+        let phase_change = next_change(phase.clone());
+        let mut phase_change = pin!(phase_change);
+        let pressure_change = next_change(self.pressure.clone());
+        let mut pressure_change = pin!(pressure_change);
+        let kicked = self.act.kick.notified();
+        let mut kicked = pin!(kicked);
         let mut pressure_open = true;
+        // The connection task wakes several times per request, nearly always for hyper; the
+        // timer and the three signals are polled only when one of them woke it (`Gate`).
+        let gate = Arc::new(Gate::default());
+        let gate_waker = Waker::from(gate.clone());
         loop {
-            tokio::select! {
-                r = conn.as_mut() => {
+            let event = poll_fn(|cx| {
+                if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Ended(r));
+                }
+                if !gate.woken(cx.waker()) {
+                    return Poll::Pending;
+                }
+                let gcx = &mut Context::from_waker(&gate_waker);
+                if phase_open && let Poll::Ready((changed, rx)) = phase_change.as_mut().poll(gcx) {
+                    return Poll::Ready(Event::Phase(changed, rx));
+                }
+                if !closing && kicked.as_mut().poll(gcx).is_ready() {
+                    return Poll::Ready(Event::Kicked);
+                }
+                if pressure_open
+                    && !closing
+                    && let Poll::Ready((changed, rx)) = pressure_change.as_mut().poll(gcx)
+                {
+                    return Poll::Ready(Event::Pressure(changed, rx));
+                }
+                if timer.as_mut().poll(gcx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+                Poll::Pending
+            })
+            .await;
+            // What an event does may reset the timer or make a new signal future: look at all
+            // of them on the next turn.
+            gate.open();
+            match event {
+                Event::Ended(r) => {
                     if let Err(e) = r {
                         tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
                     }
                     return;
                 }
-                changed = phase.changed(), if phase_open => {
+                Event::Phase(changed, mut rx) => {
                     let now = match changed {
-                        Ok(()) => *phase.borrow_and_update(),
+                        Ok(()) => *rx.borrow_and_update(),
                         // The server handle was dropped without a shutdown: stop gracefully.
                         Err(_) => {
                             phase_open = false;
                             Phase::Draining
                         }
                     };
+                    phase_change.set(next_change(rx));
                     match now {
                         Phase::Serving => {}
                         Phase::Draining if !closing => {
@@ -112,18 +156,28 @@ impl Drive<'_> {
                         Phase::Closing => return,
                     }
                 }
-                () = self.act.kick.notified(), if !closing => {
+                Event::Kicked => {
                     // Too many cancelled streams: stop taking new ones, let the rest finish.
-                    self.close_for("cancelled_streams", &mut closing, &mut backstop, &mut timer, || graceful(conn.as_mut()));
+                    // (`closing` is set for good, so `kicked` is never polled again.)
+                    self.close_for(
+                        "cancelled_streams",
+                        &mut closing,
+                        &mut backstop,
+                        &mut timer,
+                        || graceful(conn.as_mut()),
+                    );
                 }
-                changed = self.pressure.changed(), if pressure_open && !closing => {
+                Event::Pressure(changed, rx) => {
+                    pressure_change.set(next_change(rx));
                     if changed.is_err() {
                         pressure_open = false;
                     } else if self.act.is_idle() {
-                        self.close_for("pressure", &mut closing, &mut backstop, &mut timer, || graceful(conn.as_mut()));
+                        self.close_for("pressure", &mut closing, &mut backstop, &mut timer, || {
+                            graceful(conn.as_mut())
+                        });
                     }
                 }
-                () = timer.as_mut() => {
+                Event::Timer => {
                     if let Some(at) = backstop {
                         if Instant::now() >= at {
                             return;
@@ -153,6 +207,66 @@ impl Drive<'_> {
             }
         }
     }
+}
+
+/// What ended one turn of `Drive::run`'s loop.
+enum Event {
+    Ended(hyper::Result<()>),
+    Phase(Result<(), watch::error::RecvError>, watch::Receiver<Phase>),
+    Kicked,
+    Pressure(Result<(), watch::error::RecvError>, watch::Receiver<u64>),
+    Timer,
+}
+
+/// Polls a group of futures only after one of them has woken the task, as `FuturesUnordered`
+/// does for each of its futures: they are polled with the gate's waker, which notes the wake
+/// and passes it on to the task. Opens (polls everything) on the first turn.
+struct Gate {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Gate {
+    /// Whether the group must be polled now (and closes the gate). Registers the task's waker
+    /// first, so a wake between the two is not lost.
+    fn woken(&self, task: &Waker) -> bool {
+        self.task.register(task);
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+
+    /// Polls the group on the next turn.
+    fn open(&self) {
+        self.woken.store(true, Ordering::Release);
+    }
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.open();
+        self.task.wake();
+    }
+}
+
+/// A watch receiver's next change, with the receiver handed back to wait for the one after.
+/// One future per wait, kept across `Drive::run`'s turns.
+async fn next_change<T>(
+    mut rx: watch::Receiver<T>,
+) -> (Result<(), watch::error::RecvError>, watch::Receiver<T>) {
+    let r = rx.changed().await;
+    (r, rx)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
