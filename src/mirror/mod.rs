@@ -319,15 +319,15 @@ impl Mirror {
         *req.method_mut() = Method::POST;
         *req.headers_mut() = request.headers;
         let path = match &request.query {
-            Some(q) => PathAndQuery::try_from(format!("{}?{q}", self.forward.score_path)),
-            None => PathAndQuery::try_from(self.forward.score_path.as_str()),
-        }
-        .expect("a validated score_path and a parsed query");
+            Some(q) => PathAndQuery::try_from(format!("{}?{q}", self.forward.score_path.path()))
+                .expect("a validated score_path and a parsed query"),
+            None => self.forward.score_path.clone(),
+        };
         let sent = Instant::now();
         let deadline = sent + self.forward.scoring_timeout;
         let resp = match tokio::time::timeout_at(
             deadline,
-            backend.pool.send(self.upstream.protocol, path, req),
+            backend.pool.clone().send(self.upstream.protocol, path, req),
         )
         .await
         {
@@ -650,7 +650,7 @@ mod tests {
             "green",
             upstream,
             ForwardSettings {
-                score_path: "/score".into(),
+                score_path: PathAndQuery::from_static("/score"),
                 scoring_timeout: Duration::from_secs(60),
                 max_body: 1 << 20,
                 limit: 0,

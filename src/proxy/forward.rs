@@ -35,8 +35,9 @@ use crate::error::{BackendError, DisplayChain, GatewayError, Overload};
 /// How requests of one service (deployment) are forwarded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForwardSettings {
-    /// The backend's scoring path (`score_path`).
-    pub score_path: String,
+    /// The backend's scoring path (`score_path`), parsed once at load (a clone is a reference
+    /// count).
+    pub score_path: PathAndQuery,
     pub scoring_timeout: Duration,
     pub max_body: u64,
     /// `max_concurrent_requests_per_backend` (0: no limit).
@@ -73,18 +74,19 @@ pub struct ForwardError {
 }
 
 /// The backend's path: the route's (+ the client's query, verbatim).
-fn backend_path(path: &str, query: Option<&str>) -> PathAndQuery {
+fn backend_path(path: &PathAndQuery, query: Option<&str>) -> PathAndQuery {
     match query {
         Some(q) => {
+            let path = path.path();
             let mut s = String::with_capacity(path.len() + 1 + q.len());
             s.push_str(path);
             s.push('?');
             s.push_str(q);
             PathAndQuery::try_from(s)
+                .expect("path and query come from a parsed URI and a validated score_path")
         }
-        None => PathAndQuery::try_from(path),
+        None => path.clone(),
     }
-    .expect("path and query come from a parsed URI and a validated score_path")
 }
 
 /// Sends the request to a backend of `up`. `parts` already carries the rewritten headers.
@@ -100,9 +102,10 @@ pub async fn forward(
     chosen: &mut Option<Arc<Backend>>,
     copy: Option<u64>,
 ) -> Result<Forwarded, ForwardError> {
+    const SWAGGER: PathAndQuery = PathAndQuery::from_static("/swagger.json");
     let path = match target {
-        Target::Score => settings.score_path.as_str(),
-        Target::Swagger => "/swagger.json",
+        Target::Score => &settings.score_path,
+        Target::Swagger => &SWAGGER,
     };
     let query = parts.uri.query();
     let mut headers = parts.headers;
@@ -228,9 +231,12 @@ impl Exchange {
         deadline: tokio::time::Instant,
     ) -> Exchange {
         Exchange {
-            fut: Some(Box::pin(tokio::time::timeout_at(deadline, async move {
-                pool.send(protocol, path, req).await
-            }))),
+            // `send` owns its pool handle, so no async block wraps it (one that would hold
+            // the arguments a second time in the boxed state).
+            fut: Some(Box::pin(tokio::time::timeout_at(
+                deadline,
+                pool.send(protocol, path, req),
+            ))),
             slot: Some(slot),
         }
     }

@@ -111,7 +111,9 @@ async fn probe(
     let timeout = settings.health.timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let resp =
-        match tokio::time::timeout_at(deadline, pool.send(settings.protocol, path, req)).await {
+        match tokio::time::timeout_at(deadline, pool.clone().send(settings.protocol, path, req))
+            .await
+        {
             Err(_) => return Err(format!("no answer within {}", fmt(timeout))),
             Ok(Err(e)) => return Err(crate::error::DisplayChain(&e).to_string()),
             Ok(Ok(r)) => r,

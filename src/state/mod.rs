@@ -340,7 +340,10 @@ impl Shared {
                     header: http::HeaderValue::from_str(&d.name)
                         .expect("a validated deployment name is a header value"),
                     forward: ForwardSettings {
-                        score_path: d.score_path,
+                        score_path: d
+                            .score_path
+                            .parse()
+                            .expect("a validated score_path is a path"),
                         scoring_timeout: d.scoring_timeout,
                         max_body: sc.max_body,
                         limit: d.max_concurrent_requests_per_backend,
