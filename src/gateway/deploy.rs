@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Response, header};
+use http::{HeaderValue, Response, header};
 use tokio::sync::oneshot;
 
 use super::record::Record;
@@ -14,7 +14,6 @@ use crate::error::GatewayError;
 use crate::mirror::{CopyRequest, Drawn, Job, Live, Tee};
 use crate::proxy::Target;
 use crate::proxy::body::Copied;
-use crate::proxy::headers::AZUREML_MODEL_DEPLOYMENT;
 use crate::proxy::pool::PooledBody;
 use crate::state::Service;
 
@@ -31,8 +30,13 @@ pub struct Chosen {
 /// pinnable deployment; the answer lists none), else a draw by weight (404 `NoTraffic` when
 /// every weight is 0). The draw ignores health: a deployment without a live backend answers
 /// 502 from the forward phase.
-pub fn choose(svc: &Service, h: &HeaderMap, rec: &mut Record) -> Result<Chosen, GatewayError> {
-    let chosen = match h.get(AZUREML_MODEL_DEPLOYMENT) {
+/// `pin` is the request's `azureml-model-deployment` header.
+pub fn choose(
+    svc: &Service,
+    pin: Option<&HeaderValue>,
+    rec: &mut Record,
+) -> Result<Chosen, GatewayError> {
+    let chosen = match pin {
         Some(pin) => Chosen {
             index: svc
                 .deployments

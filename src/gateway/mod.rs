@@ -58,9 +58,9 @@ pub async fn handle(
     let client = conn.for_request(&parts.headers);
     let mut rec = Record::start(&shared, &parts, client.ip, body.size_hint().exact());
     let version = parts.version;
-    let expects_continue = parts
-        .headers
-        .get(header::EXPECT)
+    let head = Head::scan(&parts.headers);
+    let expects_continue = head
+        .expect
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let refuse = |error, body| Refused {
         error,
@@ -69,7 +69,8 @@ pub async fn handle(
         expects_continue,
     };
 
-    let (resp, code) = match check(&shared, &snap, &client, &parts, &body, &mut rec).await {
+    let checked = check(&shared, &snap, &client, &parts, &head, &body, &mut rec).await;
+    let (resp, code) = match checked {
         Err(error) => {
             let code = Code::Error(error.code_index());
             // Boxed: hyper keeps room for this future on every connection, busy or idle.
@@ -129,37 +130,74 @@ async fn check(
     snap: &Snapshot,
     client: &ClientIdentity,
     parts: &http::request::Parts,
+    head: &Head<'_>,
     body: &Incoming,
     rec: &mut Record,
 ) -> Result<(Arc<Service>, Target, Chosen), GatewayError> {
-    syntax(parts, rec)?;
+    syntax(parts.version, head, rec)?;
     let (svc, target) = route(snap, parts, rec)?;
     policy(&svc, client)?;
     authenticate(&svc, &parts.headers, rec)?;
-    let chosen = deploy::choose(&svc, &parts.headers, rec)?;
+    let chosen = deploy::choose(&svc, head.pin, rec)?;
     limit(&svc, client, rec).await?;
     admit(shared, snap, &svc, body)?;
     Ok((svc, target, chosen))
 }
 
+/// What the phases read from the request's headers, found in one pass over them: a lookup by
+/// name hashes the name, where a pass only compares names (an enum tag for standard ones).
+/// Single-valued headers keep their first value, as `HeaderMap::get` would.
+#[derive(Default)]
+struct Head<'a> {
+    hosts: usize,
+    transfer_encodings: usize,
+    transfer_encoding: Option<&'a HeaderValue>,
+    client_request_id: Option<&'a HeaderValue>,
+    pins: usize,
+    /// `azureml-model-deployment`: the deployment the request pins.
+    pin: Option<&'a HeaderValue>,
+    expect: Option<&'a HeaderValue>,
+}
+
+impl<'a> Head<'a> {
+    fn scan(h: &'a http::HeaderMap) -> Head<'a> {
+        let mut head = Head::default();
+        for (name, value) in h {
+            if name == header::HOST {
+                head.hosts += 1;
+            } else if name == header::TRANSFER_ENCODING {
+                head.transfer_encodings += 1;
+                head.transfer_encoding.get_or_insert(value);
+            } else if name == X_MS_CLIENT_REQUEST_ID {
+                head.client_request_id.get_or_insert(value);
+            } else if name == AZUREML_MODEL_DEPLOYMENT {
+                head.pins += 1;
+                head.pin.get_or_insert(value);
+            } else if name == header::EXPECT {
+                head.expect.get_or_insert(value);
+            }
+        }
+        head
+    }
+}
+
 /// Syntax (400): what makes a request malformed whatever its path — the framing headers hyper
 /// accepts but a gateway must not pass on (RFC 9112 §3.2, §6.1), and a bad client request id.
-fn syntax(parts: &http::request::Parts, rec: &mut Record) -> Result<(), GatewayError> {
-    let hosts = parts.headers.get_all(header::HOST).iter().count();
-    if hosts > 1 || (hosts == 0 && parts.version == http::Version::HTTP_11) {
+fn syntax(version: http::Version, head: &Head<'_>, rec: &mut Record) -> Result<(), GatewayError> {
+    if head.hosts > 1 || (head.hosts == 0 && version == http::Version::HTTP_11) {
         return Err(GatewayError::BadRequest(
             "an HTTP/1.1 request needs exactly one Host header",
         ));
     }
-    let mut te = parts.headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(v) = te.next()
-        && (te.next().is_some() || !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    if let Some(v) = head.transfer_encoding
+        && (head.transfer_encodings > 1
+            || !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
     {
         return Err(GatewayError::BadRequest(
             "Transfer-Encoding must be exactly \"chunked\"",
         ));
     }
-    if let Some(v) = parts.headers.get(X_MS_CLIENT_REQUEST_ID) {
+    if let Some(v) = head.client_request_id {
         if !headers::valid_client_request_id(v) {
             return Err(GatewayError::BadRequest(
                 "x-ms-client-request-id must be 1 to 100 characters of A-Z a-z 0-9 - _ . :",
@@ -167,9 +205,8 @@ fn syntax(parts: &http::request::Parts, rec: &mut Record) -> Result<(), GatewayE
         }
         rec.client_request_id = Some(v.clone());
     }
-    let mut pins = parts.headers.get_all(AZUREML_MODEL_DEPLOYMENT).iter();
-    if let Some(v) = pins.next()
-        && (pins.next().is_some() || v.is_empty())
+    if let Some(v) = head.pin
+        && (head.pins > 1 || v.is_empty())
     {
         return Err(GatewayError::BadRequest(
             "azureml-model-deployment must name one deployment, once",
@@ -284,10 +321,11 @@ fn forwarded_headers(
     conn: &ConnIdentity,
     request_id: &HeaderValue,
 ) {
-    let host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
-    };
+    // HTTP/2's `:authority`; on HTTP/1.1 the rewrite takes the `Host` it removes.
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     let fwd = ForwardedFor {
         hop: conn.forwarded_for(),
         trusted_peer: conn.http_proxy,

@@ -131,7 +131,8 @@ pub struct ForwardedFor<'a> {
     pub hop: &'a HeaderValue,
     /// The peer is a trusted HTTP proxy: keep its `X-Forwarded-*` and append to them.
     pub trusted_peer: bool,
-    /// What the client asked for (`Host` on HTTP/1.1, `:authority` on HTTP/2).
+    /// What the client asked for when the URI says it (`:authority` on HTTP/2, an absolute
+    /// URI); `None`: the request's `Host` header, which the rewrite removes anyway.
     pub host: Option<&'a HeaderValue>,
 }
 
