@@ -78,6 +78,11 @@ worker_threads = $W
 [server]
 drain_timeout = "2s"
 
+[limits]
+# The idle test opens 5 000 connections from one address; the peers cap none per client, and
+# scoregate's default cap (1 000 per client address) would refuse 4 000 of them.
+max_connections_per_client = 10000
+
 [log]
 access = $ACCESS
 EOF
