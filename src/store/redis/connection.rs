@@ -22,6 +22,8 @@ const SILENCE_DOWN: Duration = Duration::from_secs(2);
 /// The fred client's own reconnect back-off (the store being down is handled above it).
 const RECONNECT_MIN_MS: u32 = 100;
 const RECONNECT_MAX_MS: u32 = 2_000;
+/// What `op`'s own bound adds to the commands' timeouts (see there: fred's timeout ends them).
+const OUTER_GRACE: Duration = Duration::from_millis(100);
 
 /// Reachability of the store, as the request path and the admin API see it.
 #[derive(Debug)]
@@ -238,7 +240,24 @@ impl RedisStore {
                 self.url
             )));
         }
-        match tokio::time::timeout(self.timeout, f).await {
+        // fred's own per-command timeout (`default_command_timeout`, the same `timeout`) is the
+        // one that ends a command: it marks the command abandoned, and fred never writes an
+        // abandoned command it still holds (one queued while it reconnects), so nothing runs
+        // in the store after its caller gave up: no rate-limit token taken for a request
+        // decided long before, no admin write landing after it answered 503. Dropping fred's
+        // future instead, as a timeout of the same length around it did whenever its timer
+        // fired first, skips that mark. This bound is only a safety net, over the most commands
+        // one operation sends (EVALSHA, SCRIPT LOAD after NOSCRIPT, EVALSHA).
+        let fred_timed_out = |e: &fred::error::Error| *e.kind() == fred::error::ErrorKind::Timeout;
+        match tokio::time::timeout(self.timeout * 3 + OUTER_GRACE, f).await {
+            Ok(Err(e)) if fred_timed_out(&e) => {
+                self.metrics.op(op, "timeout");
+                self.failed("timeout");
+                Err(StoreError::Unavailable(format!(
+                    "the shared store at {} did not answer within {:?}",
+                    self.url, self.timeout
+                )))
+            }
             Ok(Ok(v)) => {
                 self.metrics.op(op, "ok");
                 self.succeeded();
