@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use subtle::ConstantTimeEq;
 
 use crate::crypto::Secret;
 pub use crate::store::KeySlot;
@@ -27,13 +26,16 @@ pub struct KeyPair {
 
 impl KeyPair {
     /// Compares the credential with both keys in constant time (both comparisons always run, so
-    /// timing tells nothing about which key, if any, matched).
+    /// timing tells nothing about which key, if any, matched): aws-lc's `CRYPTO_memcmp`, which
+    /// the compiler may vectorise, where `subtle`'s `ct_eq` hides every byte from it; only the
+    /// lengths, which are public, end a comparison early.
     pub fn check(&self, credential: &[u8]) -> Option<KeySlot> {
-        let p = self.primary.expose().as_bytes().ct_eq(credential);
-        let s = self.secondary.expose().as_bytes().ct_eq(credential);
-        if bool::from(p) {
+        use aws_lc_rs::constant_time::verify_slices_are_equal as same;
+        let p = same(self.primary.expose().as_bytes(), credential).is_ok();
+        let s = same(self.secondary.expose().as_bytes(), credential).is_ok();
+        if p {
             Some(KeySlot::Primary)
-        } else if bool::from(s) {
+        } else if s {
             Some(KeySlot::Secondary)
         } else {
             None
