@@ -27,8 +27,9 @@ use hyper::body::Incoming;
 
 use super::backend::ExchangeResult;
 use super::body::{BodySlot, Copied, Leftover, Stalled, TooLarge, UpstreamBody};
+use super::deadline::Deadline;
 use super::pool::{Pool, PooledBody, SendError};
-use super::upstream::{Backend, InFlight, Refusal, Upstream};
+use super::upstream::{Backend, InFlight, Refusal, Upstream, WaitBound};
 use crate::config::BackendProtocol;
 use crate::error::{BackendError, DisplayChain, GatewayError, Overload};
 
@@ -117,12 +118,12 @@ pub async fn forward(
         body: slot_body.leftover(),
     };
     let mut tried: Option<Arc<Backend>> = None;
-    let wait_until = tokio::time::Instant::now() + settings.max_wait;
+    let mut wait = WaitBound::new(settings.max_wait);
     // The scoring timeout runs from the first admission, not from arrival: the wait for a slot
     // has its own bound.
     let mut scoring_deadline = None;
     loop {
-        let slot = match up.acquire(tried.as_ref(), settings.limit, wait_until).await {
+        let slot = match up.acquire(tried.as_ref(), settings.limit, &mut wait).await {
             Ok(g) => g,
             Err(refusal) => return Err(fail(refused(refusal, tried.is_some()), tried)),
         };
@@ -139,7 +140,7 @@ pub async fn forward(
         } else {
             std::mem::take(&mut headers)
         };
-        let (sent, slot) = Exchange::start(
+        let (sent, slot, timer) = Exchange::start(
             backend.pool.clone(),
             up.protocol,
             backend_path(path, query),
@@ -153,7 +154,7 @@ pub async fn forward(
                 backend.connect_succeeded();
                 backend.count(ExchangeResult::Response);
                 return Ok(Forwarded {
-                    response: response.map(|b| b.with_idle_limit(settings.scoring_timeout)),
+                    response: response.map(|b| b.with_idle_limit(settings.scoring_timeout, timer)),
                     backend,
                     slot,
                     request_copy: request_copy.take(),
@@ -211,13 +212,22 @@ pub async fn forward(
     }
 }
 
-type Sent = Result<Result<Response<PooledBody>, SendError>, tokio::time::error::Elapsed>;
+/// The backend's response head, or `Err(TimedOut)` when the scoring deadline passed first.
+type Sent = Result<Result<Response<PooledBody>, SendError>, TimedOut>;
+
+/// The scoring deadline passed before the backend's response head came.
+#[derive(Debug)]
+struct TimedOut;
+
+type Sending = Pin<Box<dyn Future<Output = Result<Response<PooledBody>, SendError>> + Send>>;
 
 /// One attempt's exchange with a backend: the request sent and its response head awaited under
 /// the scoring deadline, holding the backend slot. Dropped before it finished (the client went
 /// away), it finishes in a task of its own, and the slot is given back only then.
 struct Exchange {
-    fut: Option<Pin<Box<dyn Future<Output = Sent> + Send>>>,
+    fut: Option<Sending>,
+    /// The scoring deadline; with the response head it goes on to time the body's pauses.
+    deadline: Option<Deadline>,
     slot: Option<InFlight>,
 }
 
@@ -233,37 +243,48 @@ impl Exchange {
         Exchange {
             // `send` owns its pool handle, so no async block wraps it (one that would hold
             // the arguments a second time in the boxed state).
-            fut: Some(Box::pin(tokio::time::timeout_at(
-                deadline,
-                pool.send(protocol, path, req),
-            ))),
+            fut: Some(Box::pin(pool.send(protocol, path, req))),
+            deadline: Some(Deadline::at(deadline)),
             slot: Some(slot),
         }
     }
 }
 
 impl Future for Exchange {
-    type Output = (Sent, InFlight);
+    /// What was sent, the slot, and the timer (for the response body).
+    type Output = (Sent, InFlight, Deadline);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let fut = self.fut.as_mut().expect("polled after completion");
-        match fut.as_mut().poll(cx) {
-            Poll::Ready(r) => {
-                self.fut = None;
-                Poll::Ready((r, self.slot.take().expect("the slot is held until done")))
+        let this = &mut *self;
+        let fut = this.fut.as_mut().expect("polled after completion");
+        let sent = match fut.as_mut().poll(cx) {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => {
+                let deadline = this.deadline.as_mut().expect("held until done");
+                if !deadline.expired(cx) {
+                    return Poll::Pending;
+                }
+                Err(TimedOut)
             }
-            Poll::Pending => Poll::Pending,
-        }
+        };
+        this.fut = None;
+        Poll::Ready((
+            sent,
+            this.slot.take().expect("the slot is held until done"),
+            this.deadline.take().expect("held until done"),
+        ))
     }
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        if let (Some(fut), Some(slot)) = (self.fut.take(), self.slot.take()) {
+        if let (Some(fut), Some(slot), Some(deadline)) =
+            (self.fut.take(), self.slot.take(), self.deadline.take())
+        {
             // The backend may still be computing: keep its slot until it answers (the answer
             // is dropped unread) or the deadline passes.
             tokio::spawn(async move {
-                let _ = fut.await;
+                let _ = tokio::time::timeout_at(deadline.when(), fut).await;
                 drop(slot);
             });
         }

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod body;
+pub mod deadline;
 pub mod forward;
 pub mod headers;
 pub mod health;

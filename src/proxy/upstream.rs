@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
+use std::time::Duration;
 
 pub use super::backend::{Backend, InFlight, ProbeSettings};
 use crate::config::BackendProtocol;
@@ -55,6 +56,27 @@ pub enum Refusal {
     QueueFull,
     /// Every available backend stayed full for `max_request_wait_time`: 503.
     WaitExpired,
+}
+
+/// The end of a request's wait for a slot (`max_request_wait_time`): fixed the first time the
+/// request has to wait and kept across its attempts, so that one that finds a slot at once
+/// never reads the clock for it.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitBound {
+    max: Duration,
+    until: Option<tokio::time::Instant>,
+}
+
+impl WaitBound {
+    pub fn new(max: Duration) -> WaitBound {
+        WaitBound { max, until: None }
+    }
+
+    fn until(&mut self) -> tokio::time::Instant {
+        *self
+            .until
+            .get_or_insert_with(|| tokio::time::Instant::now() + self.max)
+    }
 }
 
 enum Attempt {
@@ -182,20 +204,21 @@ impl Upstream {
         }
     }
 
-    /// Takes a slot on an available backend (not `skip`), waiting until `wait_until` when all
+    /// Takes a slot on an available backend (not `skip`), waiting until `wait`'s end when all
     /// are at `limit` (0: no limit). Refuses at once when no backend is available or the wait
     /// queue is full. Cancel-safe: dropping the future leaves no count behind.
     pub async fn acquire(
         &self,
         skip: Option<&Arc<Backend>>,
         limit: usize,
-        wait_until: tokio::time::Instant,
+        wait: &mut WaitBound,
     ) -> Result<InFlight, Refusal> {
         match self.attempt(skip, limit) {
             Attempt::Slot(s) => return Ok(s),
             Attempt::NoBackend => return Err(Refusal::NoBackend),
             Attempt::Full => {}
         }
+        let wait_until = wait.until();
         let _ticket = Waiting::enter(self, limit).ok_or(Refusal::QueueFull)?;
         loop {
             // Register for wake-ups first, then look: a slot freed in between is not missed.
@@ -262,7 +285,6 @@ impl Drop for Waiting<'_> {
 mod tests {
     use super::*;
     use crate::proxy::backend::PASSIVE_FAILURES;
-    use std::time::Duration;
 
     fn backends(n: usize) -> Vec<Arc<Backend>> {
         (0..n)
@@ -274,8 +296,8 @@ mod tests {
             .collect()
     }
 
-    fn later(ms: u64) -> tokio::time::Instant {
-        tokio::time::Instant::now() + Duration::from_millis(ms)
+    fn later(ms: u64) -> WaitBound {
+        WaitBound::new(Duration::from_millis(ms))
     }
 
     #[test]
@@ -315,14 +337,14 @@ mod tests {
     #[tokio::test]
     async fn a_full_backend_makes_requests_wait_and_a_freed_slot_serves_them() {
         let up = Arc::new(Upstream::new(backends(1), BackendProtocol::Http1));
-        let first = up.acquire(None, 1, later(0)).await.unwrap();
+        let first = up.acquire(None, 1, &mut later(0)).await.unwrap();
         assert_eq!(
-            up.acquire(None, 1, later(20)).await.unwrap_err(),
+            up.acquire(None, 1, &mut later(20)).await.unwrap_err(),
             Refusal::WaitExpired
         );
         let up2 = up.clone();
         let waiter = tokio::spawn(async move {
-            let s = up2.acquire(None, 1, later(5000)).await;
+            let s = up2.acquire(None, 1, &mut later(5000)).await;
             s.map(|s| s.backend().url.clone())
         });
         while up.waiting() == 0 {
@@ -336,19 +358,19 @@ mod tests {
     #[tokio::test]
     async fn the_wait_queue_is_bounded_and_cancelled_waits_leave_nothing_behind() {
         let up = Arc::new(Upstream::new(backends(1), BackendProtocol::Http1));
-        let held = up.acquire(None, 1, later(0)).await.unwrap();
+        let held = up.acquire(None, 1, &mut later(0)).await.unwrap();
         let mut tasks = Vec::new();
         for _ in 0..up.max_waiters(1) {
             let up = up.clone();
             tasks.push(tokio::spawn(async move {
-                let _ = up.acquire(None, 1, later(60_000)).await;
+                let _ = up.acquire(None, 1, &mut later(60_000)).await;
             }));
         }
         while up.waiting() < up.max_waiters(1) {
             tokio::task::yield_now().await;
         }
         assert_eq!(
-            up.acquire(None, 1, later(60_000)).await.unwrap_err(),
+            up.acquire(None, 1, &mut later(60_000)).await.unwrap_err(),
             Refusal::QueueFull
         );
         for t in tasks {
@@ -364,9 +386,9 @@ mod tests {
     #[tokio::test]
     async fn waiters_give_up_at_once_when_the_last_backend_goes() {
         let up = Arc::new(Upstream::new(backends(1), BackendProtocol::Http1));
-        let _held = up.acquire(None, 1, later(0)).await.unwrap();
+        let _held = up.acquire(None, 1, &mut later(0)).await.unwrap();
         let up2 = up.clone();
-        let waiter = tokio::spawn(async move { up2.acquire(None, 1, later(60_000)).await });
+        let waiter = tokio::spawn(async move { up2.acquire(None, 1, &mut later(60_000)).await });
         while up.waiting() == 0 {
             tokio::task::yield_now().await;
         }

@@ -2,7 +2,6 @@
 //! pool once read to its end, and fails (`BodyStalled`) when the backend pauses too long.
 
 use std::error::Error as StdError;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,17 +9,28 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::{H1Conn, Pool};
+use crate::proxy::deadline::Deadline;
 
 /// A backend's response body that puts its HTTP/1.1 connection back in the pool once read to
 /// the end, and fails (`BodyStalled`) when the backend pauses longer than its idle limit.
 pub struct PooledBody {
     body: Incoming,
     back: Option<(Arc<Pool>, H1Conn)>,
-    /// The longest gap between frames, and its timer (made the first time the body waits).
-    idle: Option<(Duration, Option<Pin<Box<Sleep>>>)>,
+    /// The longest gap between frames, and the request's backend timer (`Deadline`, handed
+    /// over by the exchange), set to the end of the current gap the first time the body waits
+    /// and after each frame.
+    idle: Option<Idle>,
+}
+
+struct Idle {
+    limit: Duration,
+    timer: Deadline,
+    /// Whether `timer` stands for this body's current gap (not yet: it still holds the
+    /// exchange's deadline for the response head).
+    armed: bool,
 }
 
 /// The backend paused its response body for longer than the service's `scoring_timeout`.
@@ -47,9 +57,14 @@ impl PooledBody {
         }
     }
 
-    /// The body fails when the backend pauses longer than `limit` between frames.
-    pub fn with_idle_limit(mut self, limit: Duration) -> Self {
-        self.idle = Some((limit, None));
+    /// The body fails when the backend pauses longer than `limit` between frames, timed by
+    /// `timer` (the exchange's, moved on).
+    pub fn with_idle_limit(mut self, limit: Duration, timer: Deadline) -> Self {
+        self.idle = Some(Idle {
+            limit,
+            timer,
+            armed: false,
+        });
         self
     }
 
@@ -79,18 +94,22 @@ impl Body for PooledBody {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(Some(Ok(f))) => {
-                if let Some((limit, Some(timer))) = &mut this.idle {
-                    timer.as_mut().reset(Instant::now() + *limit);
+                if let Some(idle) = &mut this.idle
+                    && idle.armed
+                {
+                    idle.timer.reset(Instant::now() + idle.limit);
                 }
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Pending => {
-                if let Some((limit, timer)) = &mut this.idle {
-                    let limit = *limit;
-                    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                    if t.as_mut().poll(cx).is_ready() {
+                if let Some(idle) = &mut this.idle {
+                    if !idle.armed {
+                        idle.armed = true;
+                        idle.timer.reset(Instant::now() + idle.limit);
+                    }
+                    if idle.timer.expired(cx) {
                         this.back = None;
-                        return Poll::Ready(Some(Err(Box::new(BodyStalled(limit)))));
+                        return Poll::Ready(Some(Err(Box::new(BodyStalled(idle.limit)))));
                     }
                 }
                 Poll::Pending
