@@ -203,7 +203,11 @@ fn syntax(version: http::Version, head: &Head<'_>, rec: &mut Record) -> Result<(
                 "x-ms-client-request-id must be 1 to 100 characters of A-Z a-z 0-9 - _ . :",
             ));
         }
-        rec.client_request_id = Some(v.clone());
+        // Echoed on the response; unique per request as a rule, so kept out of HTTP/2's
+        // header table (see `record::new_request_id`).
+        let mut v = v.clone();
+        v.set_sensitive(true);
+        rec.client_request_id = Some(v);
     }
     if let Some(v) = head.pin
         && (head.pins > 1 || v.is_empty())

@@ -89,10 +89,15 @@ pub struct Record {
     end: Option<End>,
 }
 
+/// A new request id. Marked sensitive, which only HTTP/2's HPACK reads: a value that is never
+/// sent twice is written as a literal that is never indexed, instead of being looked up in and
+/// added to the connection's header table, where it would push out entries that do repeat.
 fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s).expect("a UUID is a valid header value")
+    let mut v = HeaderValue::from_str(s).expect("a UUID is a valid header value");
+    v.set_sensitive(true);
+    v
 }
 
 impl Record {
@@ -287,5 +292,28 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Observed<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every request id is new, a hyphenated UUID, and marked sensitive, which the `h2` crate's
+    /// encoder writes as a literal that is never indexed (its own test,
+    /// `test_sensitive_headers_are_never_indexed`, holds it to that).
+    #[test]
+    fn request_ids_are_fresh_uuids_kept_out_of_the_http2_header_table() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        for v in [&a, &b] {
+            assert!(v.is_sensitive());
+            let s = v.to_str().unwrap();
+            assert_eq!(
+                uuid::Uuid::parse_str(s).unwrap().hyphenated().to_string(),
+                s
+            );
+        }
     }
 }
