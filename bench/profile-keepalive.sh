@@ -15,6 +15,8 @@
 #   VARIANTS="off split mirror" bench/profile-keepalive.sh   # one deployment vs blue/green 50/50
 #                                                 # vs that + a 10 % mirror (access log off)
 #
+#   LOAD_ARGS="--mode h2 --streams 4" CONNS=16 bench/profile-keepalive.sh   # HTTP/2 instead
+#
 # Knobs: BIN (default target/profiling/scoregate: release code with symbols), VARIANTS ("off on":
 # access log), SECS (measured seconds, default 20), CONNS (4), CLOSE (0), TOP (15). Prints, per
 # variant, the requests, the instructions per request, and the window's instructions grouped by
@@ -121,7 +123,7 @@ TOML
     PIDS+=($vp)
     for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" > /dev/null && break; sleep 1; done
     "$BIN" bench --target "https://localhost:$LISTEN_PORT/api/v1/service/iris/score" --insecure --key "$KEY" \
-        --connections "$CONNS" --warmup 0s --duration "$((WARM + SECS))s" --quiet --json > load.$v.json 2>&1 &
+        --connections "$CONNS" --warmup 0s --duration "$((WARM + SECS))s" --quiet --json ${LOAD_ARGS:-} > load.$v.json 2>&1 &
     lp=$!
     sleep "$WARM"
     r0=$(metric)
