@@ -106,8 +106,8 @@ pub struct ConnIdentity {
     pub learned: Learned,
     /// The peer is a trusted HTTP proxy: its `X-Forwarded-*` headers are believed.
     pub http_proxy: bool,
-    /// What this hop appends to `X-Forwarded-For` (`ClientIdentity::forwarded_for_hop`, the
-    /// same for every request of a connection), made once instead of per request.
+    /// What this hop appends to `X-Forwarded-For` (`forwarded_for`: the same for every request
+    /// of a connection), made once instead of per request.
     forwarded_for: HeaderValue,
 }
 

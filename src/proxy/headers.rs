@@ -7,13 +7,13 @@ pub const X_MS_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-cli
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-/// The rate-limit headers (contract §7): the gateway's own, never a backend's.
 /// The deployment a request pins, what the backend is told it was sent to, and what every
 /// response after the choice says (contract §8): the gateway's own on the way back.
 pub const AZUREML_MODEL_DEPLOYMENT: HeaderName =
     HeaderName::from_static("azureml-model-deployment");
 /// Marks a mirrored copy (contract §8).
 pub const X_SCOREGATE_MIRROR: HeaderName = HeaderName::from_static("x-scoregate-mirror");
+/// The rate-limit headers (contract §7): the gateway's own, never a backend's.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -145,12 +145,12 @@ static REQUEST_NAMES: [HeaderName; 14] = hop_by_hop_and![
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
 ];
-const RQ_AUTHORIZATION: usize = 8;
-const RQ_HOST: usize = 9;
-const RQ_FORWARDED: usize = 10;
-const RQ_XFF: usize = 11;
-const RQ_XFP: usize = 12;
-const RQ_XFH: usize = 13;
+const RQ_AUTHORIZATION: usize = HOP_BY_HOP_COUNT;
+const RQ_HOST: usize = HOP_BY_HOP_COUNT + 1;
+const RQ_FORWARDED: usize = HOP_BY_HOP_COUNT + 2;
+const RQ_XFF: usize = HOP_BY_HOP_COUNT + 3;
+const RQ_XFP: usize = HOP_BY_HOP_COUNT + 4;
+const RQ_XFH: usize = HOP_BY_HOP_COUNT + 5;
 
 /// Turns the client's request headers into the backend's: hop-by-hop headers, `Authorization`
 /// and `Host` removed (the client sets the backend's own `Host`), forwarded headers set, the
@@ -214,12 +214,13 @@ static RESPONSE_NAMES: [HeaderName; 13] = hop_by_hop_and![
     AZUREML_MODEL_DEPLOYMENT,
     X_MS_CLIENT_REQUEST_ID,
 ];
+/// `Transfer-Encoding`'s place among the hop-by-hop names.
 const RS_TRANSFER_ENCODING: usize = 5;
-const RS_CONTENT_LENGTH: usize = 8;
-const RS_RATELIMIT: usize = 9;
-const RS_RATELIMIT_POLICY: usize = 10;
-const RS_DEPLOYMENT: usize = 11;
-const RS_CLIENT_REQUEST_ID: usize = 12;
+const RS_CONTENT_LENGTH: usize = HOP_BY_HOP_COUNT;
+const RS_RATELIMIT: usize = HOP_BY_HOP_COUNT + 1;
+const RS_RATELIMIT_POLICY: usize = HOP_BY_HOP_COUNT + 2;
+const RS_DEPLOYMENT: usize = HOP_BY_HOP_COUNT + 3;
+const RS_CLIENT_REQUEST_ID: usize = HOP_BY_HOP_COUNT + 4;
 
 /// Turns the backend's response headers into the client's: hop-by-hop headers removed (a
 /// response with both `Transfer-Encoding` and `Content-Length` loses the length, RFC 9112 §6.3),
@@ -400,6 +401,30 @@ mod tests {
         assert!(!valid_client_request_id(&HeaderValue::from_static("a b")));
         assert!(!valid_client_request_id(&HeaderValue::from_static("a/b")));
         assert!(!valid_client_request_id(&HeaderValue::from_static("")));
+    }
+
+    #[test]
+    fn each_index_names_its_header() {
+        for (i, n) in [
+            (RQ_AUTHORIZATION, header::AUTHORIZATION),
+            (RQ_HOST, header::HOST),
+            (RQ_FORWARDED, FORWARDED),
+            (RQ_XFF, X_FORWARDED_FOR),
+            (RQ_XFP, X_FORWARDED_PROTO),
+            (RQ_XFH, X_FORWARDED_HOST),
+        ] {
+            assert_eq!(REQUEST_NAMES[i], n);
+        }
+        for (i, n) in [
+            (RS_TRANSFER_ENCODING, header::TRANSFER_ENCODING),
+            (RS_CONTENT_LENGTH, header::CONTENT_LENGTH),
+            (RS_RATELIMIT, RATELIMIT),
+            (RS_RATELIMIT_POLICY, RATELIMIT_POLICY),
+            (RS_DEPLOYMENT, AZUREML_MODEL_DEPLOYMENT),
+            (RS_CLIENT_REQUEST_ID, X_MS_CLIENT_REQUEST_ID),
+        ] {
+            assert_eq!(RESPONSE_NAMES[i], n);
+        }
     }
 
     /// The rewrites as they were before the one-pass scan (`present`): one `remove` per name.
