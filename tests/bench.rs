@@ -7,22 +7,22 @@ use std::process::Command;
 
 use scoregate_testkit::redis::Redis;
 
-/// Runs a short keep-alive bench and returns its JSON report.
+/// Runs a short keep-alive bench and returns its JSON report. `extra` may replace the defaults
+/// (`--connections 4`, one gateway thread, 1 s after a 200 ms warm-up).
 fn bench(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["bench", "--quiet", "--json"];
+    for (flag, default) in [
+        ("--duration", "1s"),
+        ("--warmup", "200ms"),
+        ("--connections", "4"),
+        ("--gateway-threads", "1"),
+    ] {
+        if !extra.contains(&flag) {
+            args.extend([flag, default]);
+        }
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_scoregate"))
-        .args([
-            "bench",
-            "--duration",
-            "1s",
-            "--warmup",
-            "200ms",
-            "--connections",
-            "4",
-            "--gateway-threads",
-            "1",
-            "--quiet",
-            "--json",
-        ])
+        .args(args)
         .args(extra)
         .output()
         .expect("runs");
@@ -169,5 +169,70 @@ fn bench_deployments_and_mirror_refuse_a_running_gateway_and_bad_values() {
             .output()
             .unwrap();
         assert!(!out.status.success(), "{args:?}");
+    }
+}
+
+/// `--rate` is an open loop: the report never holds more than the schedule offered in the
+/// window (a closed loop with 16 connections answers several times that, even in a debug build),
+/// and `--timeline` has one line per measured second whose counts add up to the report's.
+#[test]
+fn bench_at_a_fixed_rate_offers_that_rate_and_writes_a_timeline() {
+    let dir = scoregate_testkit::tempdir("bench-rate");
+    for mode in ["keepalive", "h2", "handshake"] {
+        let tl = dir.join(format!("{mode}.jsonl"));
+        let r = bench(&[
+            "--mode",
+            mode,
+            "--rate",
+            "50",
+            "--duration",
+            "2s",
+            // Enough in flight that a slow CI machine's handshakes do not fall behind.
+            "--connections",
+            "16",
+            "--timeline",
+            tl.to_str().unwrap(),
+        ]);
+        assert_eq!(r["errors"]["total"], 0, "{r}");
+        assert_eq!(r["offered_rate"], 50.0, "{r}");
+        let n = r["requests"].as_u64().unwrap();
+        // 100 slots fall in the window; a few due in the warm-up (the first ones open their
+        // connections) may finish inside it.
+        assert!(
+            (50..=110).contains(&n),
+            "{mode}: {n} requests at 50/s for 2 s: {r}"
+        );
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&tl)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{mode}: {lines:?}");
+        let ok: u64 = lines.iter().map(|l| l["ok"].as_u64().unwrap()).sum();
+        assert_eq!(ok, n, "{mode}: {lines:?}");
+        assert!(lines.iter().all(|l| l["errors"] == 0), "{mode}: {lines:?}");
+        assert!(
+            lines[0]["p99_ms"].as_f64().unwrap() > 0.0,
+            "{mode}: {lines:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_refuses_a_bad_rate_and_a_rate_in_idle_mode() {
+    for args in [
+        &["bench", "--rate", "0"][..],
+        &["bench", "--rate=-5"],
+        &["bench", "--rate", "fast"],
+        &["bench", "--mode", "idle", "--rate", "10"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_scoregate"))
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("rate"), "{args:?}: {err}");
     }
 }

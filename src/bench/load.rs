@@ -24,8 +24,10 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::pace::Pace;
 use super::report;
 use super::stats::{Failure, Kind, Stats, chain};
+use super::timeline::Timeline;
 
 /// After a failed connect, a task waits this long before the next try (no hot loop on a dead
 /// target).
@@ -56,6 +58,10 @@ pub(super) struct Ctx {
     pub(super) timeout: Duration,
     pub(super) streams: usize,
     pub(super) live: Live,
+    /// `--rate`: the open-loop schedule (`None`: closed loop).
+    pub(super) pace: Option<Pace>,
+    /// `--timeline`: the current second's outcomes.
+    pub(super) timeline: Option<Arc<Timeline>>,
 }
 
 impl Ctx {
@@ -64,7 +70,31 @@ impl Ctx {
     }
 
     fn running(&self) -> bool {
-        Instant::now() < self.phase.end
+        Instant::now() < self.phase.end && !self.pace.as_ref().is_some_and(Pace::exhausted)
+    }
+
+    /// When the next request starts, `None` once the run is over: now (closed loop), or the next
+    /// slot of the `--rate` schedule, waited for (open loop: its latency counts from the slot).
+    async fn next_start(&self) -> Option<Instant> {
+        match &self.pace {
+            None => self.running().then(Instant::now),
+            Some(p) => p.next().await,
+        }
+    }
+
+    /// The request due at `t` is already past its deadline (a paced run that fell behind by
+    /// more than `--timeout`): counted as a timeout without sending it or touching the
+    /// connection, so that an overloaded run measures its queue, not a storm of reconnects.
+    fn overdue<T>(&self, st: &mut Stats, t: Instant) -> bool {
+        if self.pace.is_none() || Instant::now() < self.deadline(t) {
+            return false;
+        }
+        let f = Failure::new(
+            Kind::Timeout,
+            "fell behind the --rate schedule by --timeout",
+        );
+        self.record::<T>(st, t, &Err(f));
+        true
     }
 
     async fn backoff(&self) {
@@ -85,6 +115,9 @@ impl Ctx {
             return;
         }
         st.add(now - t0, r);
+        if let Some(tl) = &self.timeline {
+            tl.add(now - t0, r);
+        }
     }
 }
 
@@ -182,43 +215,76 @@ pub(super) async fn request_h1(
     exchange(sender.send_request(req.build())).await
 }
 
+type H1Connection = http1::Connection<TokioIo<TlsStream<TcpStream>>, Full<Bytes>>;
+
+/// An open HTTP/1.1 client connection; `conn` is driven by the task that uses it.
+struct H1Conn {
+    sender: http1::SendRequest<Full<Bytes>>,
+    conn: std::pin::Pin<Box<H1Connection>>,
+    /// The connection future has ended (the server closed it).
+    done: bool,
+}
+
+async fn open_h1(ctx: &Ctx, t0: Instant) -> Result<H1Conn, Failure> {
+    let tls = connect_bounded(ctx, t0).await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(Failure::hyper)?;
+    Ok(H1Conn {
+        sender,
+        conn: Box::pin(conn),
+        done: false,
+    })
+}
+
 /// Keep-alive: one connection, one request in flight; reconnects when the connection breaks.
+/// Paced (`--rate`), the connection is driven while the task waits for its next slot, so that a
+/// close by the server is seen before the next request rather than failing it.
 pub(super) async fn h1_worker(ctx: Arc<Ctx>) -> Stats {
     let mut st = Stats::new();
-    while ctx.running() {
-        let t0 = Instant::now();
-        let tls = match connect_bounded(&ctx, t0).await {
-            Ok(s) => s,
-            Err(f) => {
-                ctx.record::<()>(&mut st, t0, &Err(f));
-                ctx.backoff().await;
-                continue;
+    let mut open: Option<H1Conn> = None;
+    loop {
+        let slot = match open.as_mut() {
+            Some(c) if !c.done && ctx.pace.is_some() => {
+                with_conn(c.conn.as_mut(), &mut c.done, ctx.next_start()).await
             }
+            _ => ctx.next_start().await,
         };
-        let (mut sender, conn) = match http1::handshake(TokioIo::new(tls)).await {
-            Ok(x) => x,
-            Err(e) => {
-                ctx.record::<()>(&mut st, t0, &Err(Failure::hyper(e)));
-                continue;
-            }
+        let Some(mut t) = slot else { break };
+        if ctx.overdue::<()>(&mut st, t) {
+            continue;
+        }
+        if open.as_ref().is_some_and(|c| c.done) {
+            open = None;
+        }
+        let c = match open.as_mut() {
+            Some(c) => c,
+            None => match open_h1(&ctx, t).await {
+                Ok(c) => {
+                    if ctx.pace.is_none() {
+                        // Closed loop: the handshake is not part of the request's latency.
+                        t = Instant::now();
+                    }
+                    open.insert(c)
+                }
+                Err(f) => {
+                    ctx.record::<()>(&mut st, t, &Err(f));
+                    ctx.backoff().await;
+                    continue;
+                }
+            },
         };
-        // The connection is driven in this same task (no cross-task wake-up per request).
-        let mut conn = std::pin::pin!(conn);
-        let mut conn_done = false;
-        while ctx.running() {
-            let t = Instant::now();
-            let one = tokio::time::timeout_at(ctx.deadline(t), request_h1(&mut sender, &ctx.req));
-            let r = with_conn(conn.as_mut(), &mut conn_done, one)
-                .await
-                .unwrap_or_else(|_| Err(Failure::new(Kind::Timeout, "request timed out")));
-            let again = match &r {
-                Ok(close) => !close,
-                Err(f) => !f.reconnect(),
-            };
-            ctx.record(&mut st, t, &r);
-            if conn_done || !again {
-                break;
-            }
+        let one = tokio::time::timeout_at(ctx.deadline(t), request_h1(&mut c.sender, &ctx.req));
+        let r = with_conn(c.conn.as_mut(), &mut c.done, one)
+            .await
+            .unwrap_or_else(|_| Err(Failure::new(Kind::Timeout, "request timed out")));
+        let again = match &r {
+            Ok(close) => !close,
+            Err(f) => !f.reconnect(),
+        };
+        ctx.record(&mut st, t, &r);
+        if c.done || !again {
+            open = None;
         }
     }
     st
@@ -284,8 +350,10 @@ pub(super) async fn h2_worker(ctx: Arc<Ctx>) -> Stats {
 
 async fn h2_stream(ctx: Arc<Ctx>, mut sender: http2::SendRequest<Full<Bytes>>) -> Stats {
     let mut st = Stats::new();
-    while ctx.running() {
-        let t = Instant::now();
+    while let Some(t) = ctx.next_start().await {
+        if ctx.overdue::<()>(&mut st, t) {
+            continue;
+        }
         let one = async {
             sender.ready().await.map_err(Failure::hyper)?;
             exchange(sender.send_request(ctx.req.build())).await
@@ -304,8 +372,10 @@ async fn h2_stream(ctx: Arc<Ctx>, mut sender: http2::SendRequest<Full<Bytes>>) -
 /// A new TCP + TLS connection per request (`Connection: close`); latency includes the handshake.
 pub(super) async fn handshake_worker(ctx: Arc<Ctx>) -> Stats {
     let mut st = Stats::new();
-    while ctx.running() {
-        let t0 = Instant::now();
+    while let Some(t0) = ctx.next_start().await {
+        if ctx.overdue::<()>(&mut st, t0) {
+            continue;
+        }
         let r = match tokio::time::timeout_at(ctx.deadline(t0), one_connection(&ctx, t0)).await {
             Ok(r) => r,
             Err(_) => Err(Failure::new(

@@ -29,6 +29,8 @@
 //!   dir, the child gateway and its config.
 //! - `backend`: the built-in backend server.
 //! - `load`: the request loops (HTTP/1.1 keep-alive, HTTP/2, a handshake per request).
+//! - `pace`: `--rate`'s open-loop schedule.
+//! - `timeline`: `--timeline`'s line per second.
 //! - `idle`: idle mode (open connections, hold them, read the gateway's RSS).
 //! - `stats`: per-task counts, errors by kind, the latency histogram.
 //! - `procfs`: CPU time and RSS from `/proc`.
@@ -39,10 +41,12 @@ mod backend;
 mod idle;
 mod insecure;
 mod load;
+mod pace;
 mod procfs;
 mod report;
 mod setup;
 mod stats;
+mod timeline;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,10 +62,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use load::{Ctx, Live, Phase, ReqTemplate};
+use pace::Pace;
 use procfs::{CpuUse, Snapshot};
 use report::{MirrorReport, Report};
 use setup::Setup;
 use stats::Stats;
+use timeline::Timeline;
 
 /// The request body of the peer benchmark (`bench/tools/body.json`, 203 bytes), so that numbers
 /// compare with nginx and HAProxy driven by wrk.
@@ -168,9 +174,27 @@ pub struct BenchArgs {
     /// measure what a mirror costs a live request.
     #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=50))]
     pub mirror: Option<u8>,
+    /// Open loop: start requests at this fixed rate (per second, warm-up included) instead of
+    /// each task's next as soon as its last is answered; latency then counts from when a
+    /// request was due. --connections (× --streams) bounds how many are in flight: give enough
+    /// for rate × latency.
+    #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Write one JSON line per measured second to FILE: requests, failures, latency p50/p99/max.
+    #[arg(long, value_name = "FILE")]
+    pub timeline: Option<PathBuf>,
     /// Request body file (default: the peer benchmark's 203-byte JSON).
     #[arg(long, value_name = "FILE")]
     pub body: Option<PathBuf>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a positive number of requests per second"
+        )),
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +233,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.connections == Some(0) || args.streams == 0 || args.idle_conns == 0 {
         bail!("--connections, --streams and --idle-conns must be at least 1");
+    }
+    if args.mode == Mode::Idle && (args.rate.is_some() || args.timeline.is_some()) {
+        bail!("--rate and --timeline are for the timed modes (keepalive, h2, handshake)");
     }
     let threads = args.client_threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -318,7 +345,18 @@ async fn bench(args: &BenchArgs, client_threads: usize) -> anyhow::Result<Report
         timeout: args.timeout,
         streams: args.streams,
         live: Live::default(),
+        pace: args.rate.map(|r| Pace::new(r, start, end)),
+        timeline: args.timeline.as_ref().map(|_| Arc::new(Timeline::new())),
     });
+    let (stopped, stopped_rx) = tokio::sync::oneshot::channel();
+    let timeline = match (&args.timeline, &ctx.timeline) {
+        (Some(path), Some(tl)) => Some(tokio::spawn(
+            tl.clone()
+                .writer(path, warm_end, end, stopped_rx)
+                .with_context(|| format!("--timeline {}", path.display()))?,
+        )),
+        _ => None,
+    };
     let mut report = Report {
         mode: args.mode,
         url: setup.target.url.clone(),
@@ -328,6 +366,7 @@ async fn bench(args: &BenchArgs, client_threads: usize) -> anyhow::Result<Report
         duration: args.duration,
         warmup: args.warmup,
         resume: args.resume,
+        rate: args.rate,
         handshakes: 0,
         resumed: 0,
         client_threads,
@@ -401,6 +440,18 @@ async fn bench(args: &BenchArgs, client_threads: usize) -> anyhow::Result<Report
     if let Some(p) = progress {
         p.abort();
         report::clear_progress();
+    }
+    let _ = stopped.send(());
+    if let Some(w) = timeline {
+        match w.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => report
+                .notes
+                .push(format!("the timeline was cut short: {e}")),
+            Err(e) => report
+                .notes
+                .push(format!("the timeline writer failed: {e}")),
+        }
     }
     report.cpu = Some(CpuUse::between(&before, &after));
     if let (Some(p), Some((live0, copies0)), Some((live1, copies1))) =

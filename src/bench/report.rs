@@ -20,6 +20,8 @@ pub(super) struct Report {
     pub(super) duration: Duration,
     pub(super) warmup: Duration,
     pub(super) resume: bool,
+    /// `--rate`: the offered rate of an open-loop run.
+    pub(super) rate: Option<f64>,
     /// TLS handshakes made over the whole run (warm-up included), and how many were resumed.
     pub(super) handshakes: u64,
     pub(super) resumed: u64,
@@ -203,6 +205,7 @@ impl Report {
         if self.mode == Mode::Handshake {
             v["resume"] = json!(self.resume);
         }
+        v["offered_rate"] = json!(self.rate);
         v["duration_s"] = json!(self.duration.as_secs_f64());
         v["warmup_s"] = json!(self.warmup.as_secs_f64());
         v["requests"] = json!(self.stats.ok);
@@ -329,6 +332,11 @@ impl Report {
                 humantime::format_duration(self.warmup),
                 opt((self.stats.ok > 0).then(|| ms(self.stats.hist.max())), 2),
             );
+            if let Some(r) = self.rate {
+                println!(
+                    "Open loop at {r} req/s offered: latency counts from when each request was due."
+                );
+            }
             if let Some(c) = cpu {
                 println!(
                     "CPU µs/req: gateway {}, backend {}, load generator {} ({} client threads); gateway busy {} % of one core.",
