@@ -97,7 +97,6 @@ pub(super) async fn serve_http(
     let conn = Arc::new(conn);
     let shared = front.shared.clone();
     let a = act.clone();
-    let svc = service_fn(move |req| serve_request(shared.clone(), conn.clone(), a.clone(), req));
     let ctx = Drive {
         act: &act,
         limits: &front.limits,
@@ -110,10 +109,18 @@ pub(super) async fn serve_http(
     // own branch (an HTTP/1.1 connection has no room for HTTP/2 state), and futures are built in
     // `let` statements, because temporaries inside an `.await` statement stay in the state.
     if h2 {
+        // hyper runs every HTTP/2 stream as a task of its own, and the request's future is moved
+        // several times on its way into it (into hyper's stream future, into `tokio::spawn`, into
+        // the task's cell): boxed, each move copies a pointer instead of the whole future.
+        let svc = service_fn(move |req| {
+            Box::pin(serve_request(shared.clone(), conn.clone(), a.clone(), req))
+        });
         let mut conn = pin!(front.builders.h2.serve_connection(io, svc));
         let run = ctx.run(conn.as_mut(), |c| c.graceful_shutdown(), phase);
         run.await;
     } else {
+        let svc =
+            service_fn(move |req| serve_request(shared.clone(), conn.clone(), a.clone(), req));
         let mut conn = pin!(front.builders.h1.serve_connection(io, svc));
         let run = ctx.run(conn.as_mut(), |c| c.graceful_shutdown(), phase);
         run.await;
