@@ -180,6 +180,13 @@ pub(super) async fn accept_loop(
             phase.clone(),
             open.clone(),
         ));
+        // Established connections first. Without this the loop accepts every connection waiting
+        // in the backlog in one go, and their handshakes (~50-150 µs of CPU each) all join the
+        // run queue ahead of any request that becomes readable after them: on one busy worker,
+        // a request on an open connection waited behind dozens of handshakes (BENCHMARKS.md,
+        // "Re-run at `184d05e`"). Yielding after each accept lets one new connection in per pass
+        // of the run queue; the rest wait in the kernel's backlog, as they do in nginx.
+        tokio::task::yield_now().await;
     }
     // Dropping the listener here is what refuses new connections during the drain.
 }
