@@ -100,10 +100,15 @@ async fn api(
             });
         }
         (&Method::GET, "/metrics") => {
+            // Off the workers: a scrape must not hold up the requests queued behind it.
+            let s = shared.clone();
+            let body = tokio::task::spawn_blocking(move || s.metrics.render())
+                .await
+                .expect("rendering the metrics does not panic");
             return Ok(text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                shared.metrics.render(),
+                body,
             ));
         }
         _ => {}
