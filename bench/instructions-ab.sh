@@ -33,9 +33,9 @@ cleanup() {
 trap cleanup EXIT
 cd "$DIR"
 read -r BACKEND_PORT LISTEN_PORT ADMIN_PORT REDIS_PORT BACKEND2_PORT BACKEND3_PORT <<<"$(python3 "$TOOLS/free_ports.py" 6)"
-mkdir certs
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout certs/key.pem \
-    -out certs/fullchain.pem -days 2 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost" 2>/dev/null
+# shellcheck source=tools/gateway-files.sh
+. "$TOOLS/gateway-files.sh"
+gateway_files
 cat > backend.py <<'PY'
 import http.server, socketserver, sys
 class H(http.server.BaseHTTPRequestHandler):
@@ -58,7 +58,6 @@ if [[ $AB == store ]]; then
     echo "redis://127.0.0.1:$REDIS_PORT/0" > redis-url
     openssl rand -base64 32 > store-key
 fi
-openssl rand -hex 24 > admin-token
 KEY=bench-primary-0123456789abcdef0123456789abcdef
 for v in $variants; do
     extra="" state=""
@@ -76,23 +75,7 @@ for v in $variants; do
     [[ $v == redis ]] && state=$'store = "redis"\n[state.redis]\nurl_file = "redis-url"\nprefix = "instr:"\nsecret_key_file = "store-key"'
     if [[ $AUTH == token ]]; then svc_auth='auth = "token"'; else
         svc_auth=$'auth = "key"\nprimary_key = "'$KEY$'"\nsecondary_key = "bench-secondary-fedcba9876543210fedcba9876543210"'; fi
-    cat > $v.toml <<TOML
-[listen]
-address = "127.0.0.1:$LISTEN_PORT"
-[[tls.certificates]]
-cname = "localhost"
-cert = "certs/fullchain.pem"
-key = "certs/key.pem"
-[admin]
-address = "127.0.0.1:$ADMIN_PORT"
-token_file = "admin-token"
-[state]
-dir = "state-$v"
-$state
-[runtime]
-worker_threads = 1
-[log]
-access = false
+    { gateway_toml "$LISTEN_PORT" "$ADMIN_PORT" "state-$v" 1 false "$state"; cat <<TOML; } > $v.toml
 [[service]]
 name = "iris"
 $svc_auth

@@ -45,9 +45,9 @@ cleanup() {
 trap cleanup EXIT
 cd "$DIR"
 read -r BACKEND_PORT LISTEN_PORT ADMIN_PORT <<<"$(python3 "$TOOLS/free_ports.py" 3)"
-mkdir certs
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout certs/key.pem \
-    -out certs/fullchain.pem -days 2 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost" 2>/dev/null
+# shellcheck source=tools/gateway-files.sh
+. "$TOOLS/gateway-files.sh"
+gateway_files
 cat > backend.py <<'PY'
 import http.server, socketserver, sys
 CLOSE = sys.argv[2] == "1"
@@ -75,7 +75,6 @@ if [[ " $VARIANTS " == *" split "* || " $VARIANTS " == *" mirror "* ]]; then
     python3 backend.py "$BACKEND_PORT" "$CLOSE" 127.0.0.2 & PIDS+=($!)
     python3 backend.py "$BACKEND_PORT" "$CLOSE" 127.0.0.3 & PIDS+=($!)
 fi
-openssl rand -hex 24 > admin-token
 KEY=bench-primary-0123456789abcdef0123456789abcdef
 metric() {  # the sum of scoregate_requests_total
     curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^scoregate_requests_total/ {s += $2} END {print s + 0}'
@@ -92,22 +91,7 @@ for v in $VARIANTS; do
             deployments+=$'\n[[service.deployment]]\nname = "'${d%%:*}$'"\nbackends = ["http://127.0.0.'${d##*:}:$BACKEND_PORT$'"]'
         done
     fi
-    cat > $v.toml <<TOML
-[listen]
-address = "127.0.0.1:$LISTEN_PORT"
-[[tls.certificates]]
-cname = "localhost"
-cert = "certs/fullchain.pem"
-key = "certs/key.pem"
-[admin]
-address = "127.0.0.1:$ADMIN_PORT"
-token_file = "admin-token"
-[state]
-dir = "state-$v"
-[runtime]
-worker_threads = 1
-[log]
-access = $access
+    { gateway_toml "$LISTEN_PORT" "$ADMIN_PORT" "state-$v" 1 "$access"; cat <<TOML; } > $v.toml
 [[service]]
 name = "iris"
 auth = "key"

@@ -56,10 +56,11 @@ done
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 DIR=$(mktemp -d /tmp/scoregate-soak.XXXXXX)
-PIDS=(0)
+PIDS=()
 cleanup() {
     local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    # Not `kill 0` for an empty list: that signals the whole process group, this script too.
+    for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     # The gateway's log, also when the script stops early.
     cp "$DIR/gateway.log" "$OUT/gateway.log" 2>/dev/null || true
@@ -76,28 +77,12 @@ sed -e "s|@RUN@|$DIR|g" -e "s|127.0.0.1:18080|127.0.0.1:$BP|" -e "s|127.0.0.1:18
 ${REST_CPUS[@]+"${REST_CPUS[@]}"} nginx -e "$DIR/backend-error.log" -p "$DIR" -c "$DIR/backend.conf" &
 PIDS+=($!)
 
-mkdir certs
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout certs/key.pem \
-    -out certs/fullchain.pem -days 2 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost" 2>/dev/null
-openssl rand -hex 24 > admin-token
+# shellcheck source=tools/gateway-files.sh
+. "$TOOLS/gateway-files.sh"
+gateway_files
 KEY=soak-primary-0123456789abcdef0123456789abcdef
 access=false; [[ $ACCESS == 1 ]] && access=true
-cat > soak.toml <<TOML
-[listen]
-address = "127.0.0.1:$LISTEN"
-[[tls.certificates]]
-cname = "localhost"
-cert = "certs/fullchain.pem"
-key = "certs/key.pem"
-[admin]
-address = "127.0.0.1:$ADMIN"
-token_file = "admin-token"
-[state]
-dir = "state"
-[runtime]
-worker_threads = $W
-[log]
-access = $access
+{ gateway_toml "$LISTEN" "$ADMIN" state "$W" "$access"; cat <<TOML; } > soak.toml
 [[service]]
 name = "iris"
 auth = "key"
