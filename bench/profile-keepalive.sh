@@ -18,7 +18,9 @@
 #   LOAD_ARGS="--mode h2 --streams 4" CONNS=16 bench/profile-keepalive.sh   # HTTP/2 instead
 #
 # Knobs: BIN (default target/profiling/scoregate: release code with symbols), VARIANTS ("off on":
-# access log), SECS (measured seconds, default 20), CONNS (4), CLOSE (0), TOP (15). Prints, per
+# access log), SECS (measured seconds, default 20), CONNS (4), CLOSE (0), TOP (15), W (gateway
+# worker threads, 1; under callgrind they take turns, so W=2 counts the multi-thread scheduler's
+# instructions without its cache effects). Prints, per
 # variant, the requests, the instructions per request, and the window's instructions grouped by
 # where they ran (tools/callgrind_groups.py: exclusive costs, each instruction in one group). Needs valgrind, curl, openssl,
 # python3. Instructions leave out the kernel: a write(2) costs one call here, whatever it costs
@@ -91,7 +93,7 @@ for v in $VARIANTS; do
             deployments+=$'\n[[service.deployment]]\nname = "'${d%%:*}$'"\nbackends = ["http://127.0.0.'${d##*:}:$BACKEND_PORT$'"]'
         done
     fi
-    { gateway_toml "$LISTEN_PORT" "$ADMIN_PORT" "state-$v" 1 "$access"; cat <<TOML; } > $v.toml
+    { gateway_toml "$LISTEN_PORT" "$ADMIN_PORT" "state-$v" "${W:-1}" "$access"; cat <<TOML; } > $v.toml
 [[service]]
 name = "iris"
 auth = "key"
