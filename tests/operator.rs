@@ -812,7 +812,6 @@ async fn serve_announces_itself_and_reloads_like_nginx() {
 /// folder as it was and a corrected one generates everything once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_writes_no_state_before_its_listeners_are_bound() {
-    let site = Site::new("http://127.0.0.1:5001").await;
     let written = |site: &Site| {
         let mut found: Vec<PathBuf> = vec![];
         for p in [site.dir.join("admin-token"), site.dir.join("state")] {
@@ -824,19 +823,38 @@ async fn serve_writes_no_state_before_its_listeners_are_bound() {
         }
         found
     };
-    for (port, what) in [(site.listen, ""), (site.admin, "admin address ")] {
-        let taken = std::net::TcpListener::bind(port).unwrap();
-        let out = scoregate(&["serve", "--config", &site.config_arg()]).await;
-        assert_eq!(out.code, Some(1), "{out:?}");
-        assert!(
-            out.stderr
-                .contains(&format!("cannot listen on {what}{port}")),
-            "{}",
-            out.stderr
-        );
-        assert_eq!(written(&site), Vec::<PathBuf>::new(), "{port}");
-        drop(taken);
-    }
+    // The test holds one port at a time; the other is only known to be free when the site is
+    // made, and a parallel test's outgoing connection may take it meanwhile (its ephemeral
+    // port). Then the gateway fails on that port instead: a new site, up to three times.
+    let mut attempts = 0;
+    let site = 'site: loop {
+        attempts += 1;
+        let site = Site::new("http://127.0.0.1:5001").await;
+        for (port, other, what) in [
+            (site.listen, site.admin, ""),
+            (site.admin, site.listen, "admin address "),
+        ] {
+            let taken = std::net::TcpListener::bind(port).unwrap();
+            let out = scoregate(&["serve", "--config", &site.config_arg()]).await;
+            assert_eq!(out.code, Some(1), "{out:?}");
+            if attempts < 3
+                && out
+                    .stderr
+                    .contains(&format!("{other}: Address already in use"))
+            {
+                continue 'site;
+            }
+            assert!(
+                out.stderr
+                    .contains(&format!("cannot listen on {what}{port}")),
+                "{}",
+                out.stderr
+            );
+            assert_eq!(written(&site), Vec::<PathBuf>::new(), "{port}");
+            drop(taken);
+        }
+        break site;
+    };
     // The same config with its ports free writes both.
     let mut child = Proc(
         bin()
