@@ -32,18 +32,13 @@ fn init_logging(format: LogFormat, access: bool) {
     }
 }
 
-/// `workers` = 1 gets tokio's current-thread scheduler: the same single thread of work without
-/// the multi-thread scheduler's cross-thread bookkeeping (work stealing, atomics, wake-ups).
-fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if workers > 1 {
-        b.worker_threads(workers);
-    }
-    b.enable_all().build()
+/// The main runtime: single-threaded, whatever `worker_threads` says. With one worker it serves
+/// the connections too; with more, each worker is a thread with a runtime of its own
+/// (`server::workers`), and this one keeps the admin API, health checks, the store and reloads.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 fn main() -> ExitCode {
@@ -59,7 +54,7 @@ fn main() -> ExitCode {
                 .into())
             } else {
                 init_logging(LogFormat::Text, true);
-                runtime(0).map_err(Into::into).and_then(|rt| {
+                runtime().map_err(Into::into).and_then(|rt| {
                     rt.block_on(scoregate::demo::run(scoregate::demo::DemoOptions {
                         listen,
                         admin,
@@ -114,7 +109,7 @@ fn main() -> ExitCode {
 fn serve(path: &ConfigPath, pid_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let config: Config = path.load()?;
     init_logging(config.log.format, config.log.access);
-    let rt = runtime(config.worker_threads)?;
+    let rt = runtime()?;
     rt.block_on(scoregate::server::run(
         config,
         scoregate::server::ServeOptions { pid_file },

@@ -57,7 +57,7 @@ async fn a_dead_backend_is_shown_down_with_its_error_and_the_service_degraded() 
         ..Reply::ok(r#"{"ok":true}"#)
     })
     .await;
-    let dead = dead_port().await;
+    let dead = refused_port();
     let dead_url = format!("http://{dead}");
     let pki = Pki::new();
     let mut svc = service("iris", AuthMode::None, &[live.url(), dead_url.clone()]);
@@ -149,7 +149,7 @@ async fn request_failures_are_counted_by_cause_and_named_in_last_error() {
         drop(s);
     })
     .await;
-    let dead = dead_port().await;
+    let dead = refused_port();
     let dead_url = format!("http://{dead}");
     let pki = Pki::new();
     let no_probes = HealthConfig {

@@ -248,7 +248,7 @@ async fn gateway_errors_after_the_choice_carry_the_deployment() {
         r
     })
     .await;
-    let dead = dead_port().await;
+    let dead = refused_port();
     let pki = Pki::new();
     let mut fast = dep("fast", &liar);
     fast.scoring_timeout = None;
@@ -482,7 +482,7 @@ async fn the_split_survives_a_restart_and_the_latest_action_wins() {
 #[tokio::test]
 async fn states_follow_the_live_deployments() {
     let blue = named("blue").await;
-    let dead = dead_port().await;
+    let dead = refused_port();
     let pki = Pki::new();
     let mut gone = DeploymentConfig::new("gone", vec![format!("http://{dead}").parse().unwrap()]);
     gone.health.period = Some(Duration::from_millis(100));

@@ -79,7 +79,8 @@ async fn h1_from(client: &TlsClient, src: &str, addr: SocketAddr, prefix: &[u8])
     .await
 }
 
-/// Writes raw HTTP/1.1 bytes and reads the response head (until the blank line, or EOF).
+/// Writes raw HTTP/1.1 bytes and reads the response: its head (until the blank line, or EOF)
+/// and the body its `content-length` declares.
 async fn raw_exchange(tls: &mut TlsStream<TcpStream>, request: &[u8]) -> String {
     tls.write_all(request).await.unwrap();
     tls.flush().await.unwrap();
@@ -91,8 +92,17 @@ async fn raw_exchange(tls: &mut TlsStream<TcpStream>, request: &[u8]) -> String 
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     got.extend_from_slice(&buf[..n]);
-                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
+                    // The head, and as much body as it declares: a body that came in a later
+                    // read must not be left for the next exchange to find.
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                        let body = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                        if got.len() >= end + 4 + body {
+                            break;
+                        }
                     }
                 }
             }

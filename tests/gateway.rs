@@ -479,7 +479,7 @@ async fn backend_errors_pass_through_and_gateway_errors_are_502_504() {
         ..Reply::ok("{}")
     })
     .await;
-    let dead = dead_port().await;
+    let dead = refused_port();
     let mut slow_svc = service("slow", AuthMode::None, &[slow.url()]);
     slow_svc.scoring_timeout = Duration::from_millis(500);
     let gw = Gw::start(config(
@@ -581,7 +581,7 @@ async fn round_robin_over_backends() {
 async fn a_backend_that_refuses_connections_is_skipped_once() {
     let pki = Pki::new();
     let live = Backend::start().await;
-    let dead = dead_port().await;
+    let dead = refused_port();
     let gw = Gw::start(config(
         &pki,
         vec![service(

@@ -727,7 +727,7 @@ async fn curl_h2(
 async fn curl_over_http2_reads_502_and_503_refusals_made_after_routing_with_2mib_bodies() {
     let _serial = SERIAL.lock().await;
     let pki = Pki::new();
-    let dead = dead_port().await;
+    let dead = refused_port();
     let mut down = open_service("down", format!("http://{dead}"));
     down.health = HealthConfig {
         period: Duration::from_millis(100),

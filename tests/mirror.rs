@@ -226,7 +226,7 @@ async fn every_result_is_counted() {
     gw.stop().await;
 
     // A dead mirror: error.
-    let dead = format!("http://{}", dead_port().await);
+    let dead = format!("http://{}", refused_port());
     let gw = Gw::start(config(&pki, vec![mirrored(&live.url(), &dead, 50)])).await;
     let (key, _) = gw.keys("iris");
     let mut c = pki.client().h1(gw.addr).await;
@@ -259,7 +259,7 @@ async fn every_result_is_counted() {
     gw.stop().await;
 
     // The live forward fails (502): skipped_live_failed, and nothing is sent to the mirror.
-    let dead_live = format!("http://{}", dead_port().await);
+    let dead_live = format!("http://{}", refused_port());
     let gw = Gw::start(config(&pki, vec![mirrored(&dead_live, &other.url(), 50)])).await;
     let (key, _) = gw.keys("iris");
     let before = posts(&other).len();
@@ -399,7 +399,7 @@ async fn removing_the_mirror_cancels_queued_copies() {
 #[tokio::test]
 async fn copies_that_cannot_connect_show_the_mirror_down() {
     let live = Backend::with(answering(r#"{"predictions": [1]}"#, Duration::ZERO)).await;
-    let dead = format!("http://{}", dead_port().await);
+    let dead = format!("http://{}", refused_port());
     let pki = Pki::new();
     let mut svc = mirrored(&live.url(), &dead, 50);
     // No probe within the test: only the copies can tell.

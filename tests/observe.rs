@@ -280,7 +280,7 @@ async fn every_gateway_error_agrees_in_response_log_and_metrics() {
     let pki = Pki::new();
     let ok = Backend::start().await;
     let slow_backend = Backend::with(|_| slow(Duration::from_millis(800))).await;
-    let dead = dead_port().await;
+    let dead = refused_port();
     let mut keyed = service("errs-key", AuthMode::Key, &[ok.url()]);
     keyed.max_body = 10;
     let mut denied = service("errs-deny", AuthMode::None, &[ok.url()]);

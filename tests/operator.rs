@@ -872,6 +872,79 @@ async fn serve_writes_no_state_before_its_listeners_are_bound() {
     assert_eq!(child.exit_code(Duration::from_secs(30)).await, Some(0));
 }
 
+/// `[runtime] worker_threads = 3`: three worker threads, each with a runtime of its own, and the
+/// connections spread over them. A gateway that served every connection on one thread (the main
+/// one, or a single worker) would show at most one worker with CPU time. It stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_spreads_connections_over_its_worker_threads() {
+    const KEY: &str = "preset-primary-key-0123456789abcdefghij";
+    let backend = Backend::start().await;
+    let site = Site::new(&backend.url()).await;
+    let mut text = read(&site.path);
+    text.push_str("\n[runtime]\nworker_threads = 3\n");
+    std::fs::write(&site.path, text).unwrap();
+    let mut child = Proc(
+        bin()
+            .args(["serve", "--config", &site.config_arg()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    // Each worker thread's name and CPU time (utime + stime, in clock ticks).
+    let workers = || -> Vec<u64> {
+        let mut found = vec![];
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let stat = read(&t.unwrap().path().join("stat"));
+            let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+            else {
+                continue;
+            };
+            // The kernel keeps 15 bytes of a thread's name.
+            if name.starts_with("scoregate-work") {
+                let f: Vec<u64> = rest
+                    .split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .map(|v| v.parse().unwrap())
+                    .collect();
+                found.push(f.iter().sum());
+            }
+        }
+        found
+    };
+    let client = TlsClient::new(&site.pki.ca.cert_pem());
+    let listen = site.listen;
+    // The workers start once the listeners are bound and the state is built.
+    eventually("the worker threads", Duration::from_secs(30), || {
+        !workers().is_empty()
+    })
+    .await;
+    assert_eq!(workers().len(), 3, "three worker threads");
+    let mut clients = vec![];
+    for _ in 0..24 {
+        let client = client.clone();
+        clients.push(tokio::spawn(async move {
+            let cfg = client.config(&[b"http/1.1"], rustls::DEFAULT_VERSIONS);
+            let mut c = Conn::h1(client.connect_with(listen, CNAME, cfg).await).await;
+            for _ in 0..50 {
+                assert_eq!(c.score("iris", KEY, BODY).await.status, 200);
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let cpu = workers();
+    assert!(
+        cpu.iter().filter(|&&ticks| ticks > 0).count() >= 2,
+        "connections on at least two of the three workers: {cpu:?}"
+    );
+    child.signal("-TERM");
+    assert_eq!(child.exit_code(Duration::from_secs(30)).await, Some(0));
+}
+
 /// `GET /v1/config` and `scoregate config show`: the effective config, secrets redacted, behind
 /// the admin token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -948,7 +1021,7 @@ async fn without_a_config_serve_says_what_to_do() {
             .code,
         Some(2)
     );
-    let dead = dead_port().await;
+    let dead = refused_port();
     let token = empty.join("token");
     std::fs::write(&token, "t\n").unwrap();
     let out = scoregate(&[

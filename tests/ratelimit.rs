@@ -230,7 +230,7 @@ async fn only_answers_past_the_check_carry_headers_and_401s_spend_nothing() {
         r
     })
     .await;
-    let dead = dead_port().await;
+    let dead = refused_port();
     let mut small = limited(
         "keyed",
         AuthMode::Key,

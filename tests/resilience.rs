@@ -361,7 +361,7 @@ async fn with_one_of_two_backends_down_every_request_succeeds() {
     let _serial = SERIAL.lock().await;
     let pki = Pki::new();
     let live = Backend::start().await;
-    let dead = dead_port().await;
+    let dead = refused_port();
     let mut s = service(
         "iris",
         AuthMode::None,

@@ -55,6 +55,9 @@ pub mod announce;
 mod http;
 mod pid_file;
 mod timers;
+mod workers;
+
+pub use workers::resolve as worker_count;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,6 +112,8 @@ pub struct Server {
     phase: watch::Sender<Phase>,
     admin_stop: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
+    /// The worker threads that run the accept loops and connections (`worker_threads` > 1).
+    workers: Option<workers::Workers>,
     admin_task: JoinHandle<()>,
     watcher: Option<JoinHandle<()>>,
     /// Writes the key-usage counts every few seconds (`state::usage`).
@@ -146,6 +151,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let watch_files = config.server.watch;
     let file_store = matches!(config.store, StoreConfig::File);
     let addresses = config.listen.addresses.clone();
+    let worker_count = workers::resolve(config.worker_threads);
     let mut listeners = Vec::new();
     if file_store {
         listeners = bind_all(&addresses).await?;
@@ -195,16 +201,39 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     });
     let (phase, _) = watch::channel(Phase::Serving);
     let (open, drained) = mpsc::channel(1);
+    let workers = if worker_count > 1 {
+        Some(workers::Workers::start(worker_count)?)
+    } else {
+        None
+    };
     let mut addrs = Vec::new();
     let mut accept_tasks = Vec::new();
     for l in listeners {
         addrs.push(l.local_addr()?);
-        accept_tasks.push(tokio::spawn(accept::accept_loop(
-            front.clone(),
-            l,
-            phase.subscribe(),
-            open.clone(),
-        )));
+        let Some(workers) = &workers else {
+            accept_tasks.push(tokio::spawn(accept::accept_loop(
+                front.clone(),
+                l,
+                phase.subscribe(),
+                open.clone(),
+            )));
+            continue;
+        };
+        // One accept loop per worker, each on a duplicate of the socket, registered with that
+        // worker's runtime.
+        let l = l.into_std()?;
+        for worker in workers.handles() {
+            let dup = {
+                let _on_worker = worker.enter();
+                TcpListener::from_std(l.try_clone()?)?
+            };
+            accept_tasks.push(worker.spawn(accept::accept_loop(
+                front.clone(),
+                dup,
+                phase.subscribe(),
+                open.clone(),
+            )));
+        }
     }
     let _ = shared.bound.set(addrs.clone());
     let watcher = watch_files.then(|| crate::reload::watch::spawn(shared.clone()));
@@ -219,6 +248,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         phase,
         admin_stop,
         accept_tasks,
+        workers,
         admin_task,
         watcher,
         usage_writer,
@@ -289,6 +319,7 @@ impl Server {
             phase,
             admin_stop,
             accept_tasks,
+            workers,
             admin_task,
             watcher,
             usage_writer,
@@ -333,6 +364,9 @@ impl Server {
         shared.flush_key_usage().await;
         let _ = admin_stop.send(true);
         let _ = tokio::time::timeout(ADMIN_STOP_WAIT, admin_task).await;
+        if let Some(w) = workers {
+            w.stop().await;
+        }
     }
 }
 

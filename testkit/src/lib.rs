@@ -261,7 +261,20 @@ fn is_probe(s: &Seen) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"scoregate-health/"))
 }
 
-/// A loopback port with nothing listening on it.
+/// A loopback port that refuses connections for the rest of the test process: a socket is bound
+/// to it and never listens, so that no parallel test can take the port and answer on it (as one
+/// from `dead_port` can, once it has been given back).
+pub fn refused_port() -> SocketAddr {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let a = s.local_addr().unwrap();
+    // Held, unlistened, until the process exits.
+    std::mem::forget(s);
+    a
+}
+
+/// A loopback port with nothing listening on it now, free for the test to bind later (another
+/// test may take it meanwhile: for a port that must stay dead, `refused_port`).
 pub async fn dead_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = l.local_addr().unwrap();

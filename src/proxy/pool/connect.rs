@@ -148,7 +148,11 @@ pub(super) async fn connect_h1(authority: &Authority) -> Result<H1Conn, SendErro
         .await
         .map_err(SendError::Request)?;
     drive(authority, conn);
-    Ok(H1Conn { tx, meter })
+    Ok(H1Conn {
+        tx,
+        meter,
+        home: super::this_thread(),
+    })
 }
 
 pub(super) async fn connect_h2(

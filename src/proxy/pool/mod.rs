@@ -36,7 +36,7 @@ use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -62,10 +62,24 @@ const MAX_IDLE: usize = 256;
 /// (the last one always new) before giving up.
 const MAX_UNSENT_RETRIES: usize = 2;
 
+/// Idle connections a checkout looks through for one of its own thread's (`H1Conn::home`).
+const HOME_SCAN: usize = 16;
+
 /// An HTTP/1.1 connection to a backend: its sender and the meter of its reads.
 pub struct H1Conn {
     tx: http1::SendRequest<UpstreamBody>,
     meter: Arc<Meter>,
+    /// The thread its task was started on (`this_thread`).
+    home: usize,
+}
+
+/// A number for the calling thread, given at its first call. With one runtime per worker thread
+/// (`server::workers`) a connection's task runs on the thread that opened it, and a request on
+/// another thread that takes it costs a wake-up across threads each way.
+fn this_thread() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static THIS: usize = NEXT.fetch_add(1, Ordering::Relaxed));
+    THIS.with(|t| *t)
 }
 
 /// Why a request got no response from the backend.
@@ -220,11 +234,24 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection that is still usable.
+    /// The most recently used idle connection of this thread that is still usable, else the most
+    /// recently used one of any thread (a wake-up across threads costs less than a connect).
     async fn checkout(&self) -> Option<H1Conn> {
+        let here = this_thread();
         loop {
-            let idle = self.h1.lock().unwrap().pop_back()?;
-            if idle.since.elapsed() >= IDLE_TIMEOUT {
+            let now = Instant::now();
+            let idle = {
+                let mut stack = self.h1.lock().unwrap();
+                let top = stack.len().checked_sub(1)?;
+                let own = stack
+                    .iter()
+                    .rev()
+                    .take(HOME_SCAN)
+                    .take_while(|i| now.saturating_duration_since(i.since) < IDLE_TIMEOUT)
+                    .position(|i| i.conn.home == here);
+                stack.remove(top - own.unwrap_or(0))?
+            };
+            if now.saturating_duration_since(idle.since) >= IDLE_TIMEOUT {
                 // Everything below it is older still (the sweeper closes those).
                 return None;
             }
@@ -362,5 +389,39 @@ impl Pool {
         {
             *slot = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkout takes the most recent idle connection of its own thread, even below one of
+    /// another thread, and another thread's when none of its own is left.
+    #[tokio::test]
+    async fn checkout_prefers_a_connection_of_its_own_thread() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        // Holds the backend's ends open; no request is sent.
+        let backend = tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let pool = Pool::new(authority.clone());
+        let here = this_thread();
+        let elsewhere = here.wrapping_add(1);
+        for home in [here, here, elsewhere] {
+            let mut conn = connect_h1(&authority).await.unwrap();
+            conn.home = home;
+            pool.push_idle(conn);
+        }
+        // The stack, bottom to top: here, here, elsewhere.
+        assert_eq!(pool.checkout().await.unwrap().home, here);
+        assert_eq!(pool.checkout().await.unwrap().home, here);
+        assert_eq!(pool.checkout().await.unwrap().home, elsewhere);
+        assert!(pool.checkout().await.is_none());
+        backend.abort();
     }
 }
