@@ -662,7 +662,9 @@ async fn serve_announces_itself_and_reloads_like_nginx() {
     TcpStream::connect(site.listen).await.unwrap();
     let text = read(&log);
     assert!(
-        text.contains("starting scoregate") && text.contains(&format!("pid={pid}")),
+        text.contains("starting scoregate")
+            && text.contains(&format!("pid={pid}"))
+            && text.contains("workers="),
         "{text}"
     );
     let uri = format!(

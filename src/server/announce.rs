@@ -1,6 +1,7 @@
-//! What a start tells the operator, at INFO: the process (PID, version, config), the certificates
-//! served (serial, notAfter), and for each service its scoring URI, auth mode, backends and the
-//! command that gets its credential — so that a first run shows where to go next.
+//! What a start tells the operator, at INFO: the process (PID, version, config, worker threads),
+//! the certificates served (serial, notAfter), and for each service its scoring URI, auth mode,
+//! backends and the command that gets its credential — so that a first run shows where to go
+//! next.
 
 use crate::config::AuthMode;
 use crate::state::Shared;
@@ -38,6 +39,7 @@ pub fn starting(config: &crate::config::Config) {
         pid = std::process::id(),
         version = env!("CARGO_PKG_VERSION"),
         config = %config.source.display(),
+        workers = super::workers::resolve(config.worker_threads),
         "starting scoregate"
     );
 }

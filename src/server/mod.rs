@@ -57,8 +57,6 @@ mod pid_file;
 mod timers;
 mod workers;
 
-pub use workers::resolve as worker_count;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -27,8 +27,9 @@ pub(super) struct Workers {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// `worker_threads` as configured, with 0 meaning one per CPU core.
-pub fn resolve(worker_threads: usize) -> usize {
+/// `worker_threads` as configured, with 0 meaning one per CPU core (as the process may use
+/// them: `available_parallelism` counts a container's CPU quota).
+pub(super) fn resolve(worker_threads: usize) -> usize {
     match worker_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
