@@ -211,6 +211,18 @@ backends = ["{backend}"]
     fn config_arg(&self) -> String {
         self.path.display().to_string()
     }
+
+    /// `scoregate serve` on this site's config, its output discarded.
+    fn serve(&self) -> Proc {
+        Proc(
+            bin()
+                .args(["serve", "--config", &self.config_arg()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
 }
 
 /// A gateway on `testkit::config` (a `localhost` certificate, in-code config) and the files an
@@ -858,14 +870,7 @@ async fn serve_writes_no_state_before_its_listeners_are_bound() {
         break site;
     };
     // The same config with its ports free writes both.
-    let mut child = Proc(
-        bin()
-            .args(["serve", "--config", &site.config_arg()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = site.serve();
     eventually("the state", Duration::from_secs(30), || {
         site.dir.join("admin-token").exists() && site.dir.join("state/state.json").exists()
     })
@@ -885,14 +890,7 @@ async fn serve_spreads_connections_over_its_worker_threads() {
     let mut text = read(&site.path);
     text.push_str("\n[runtime]\nworker_threads = 3\n");
     std::fs::write(&site.path, text).unwrap();
-    let mut child = Proc(
-        bin()
-            .args(["serve", "--config", &site.config_arg()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = site.serve();
     let pid = child.0.id();
     // Each worker thread's name and CPU time (utime + stime, in clock ticks).
     let workers = || -> Vec<u64> {
