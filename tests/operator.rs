@@ -879,11 +879,11 @@ async fn serve_writes_no_state_before_its_listeners_are_bound() {
     assert_eq!(child.exit_code(Duration::from_secs(30)).await, Some(0));
 }
 
-/// `[runtime] worker_threads = 3`: three worker threads, each with a runtime of its own, and the
-/// connections spread over them. A gateway that served every connection on one thread (the main
-/// one, or a single worker) would show at most one worker with CPU time. It stops cleanly.
+/// `[runtime] worker_threads = 3`: three worker threads, each with a runtime of its own, that
+/// serve the connections. A gateway that served them on its main thread would show no worker
+/// threads, or none with CPU time. It stops cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_spreads_connections_over_its_worker_threads() {
+async fn serve_serves_connections_on_its_worker_threads() {
     const KEY: &str = "preset-primary-key-0123456789abcdefghij";
     let backend = Backend::start().await;
     let site = Site::new(&backend.url()).await;
@@ -936,10 +936,13 @@ async fn serve_spreads_connections_over_its_worker_threads() {
     for c in clients {
         c.await.unwrap();
     }
+    // The connections are served on the workers, not on the main thread. How they spread over
+    // the workers is the scheduler's: on a loaded machine the first worker to wake may accept
+    // them all (CI saw [65, 0, 0]), so no spread is asserted (BENCHMARKS.md measures it).
     let cpu = workers();
     assert!(
-        cpu.iter().filter(|&&ticks| ticks > 0).count() >= 2,
-        "connections on at least two of the three workers: {cpu:?}"
+        cpu.iter().sum::<u64>() > 0,
+        "the connections were served on the worker threads: {cpu:?}"
     );
     child.signal("-TERM");
     assert_eq!(child.exit_code(Duration::from_secs(30)).await, Some(0));
