@@ -155,6 +155,7 @@ pub struct Metrics {
     unrouted: IntCounterVec,
     pub in_flight: IntGauge,
     pub connections: IntGauge,
+    pub connections_parked: IntGauge,
     pub tls_handshakes: IntCounter,
     pub tls_handshake_failures: IntCounterVec,
     pub connections_refused: IntCounterVec,
@@ -229,6 +230,11 @@ impl Metrics {
             IntGauge::new("scoregate_requests_in_flight", "Requests being handled").unwrap();
         let connections =
             IntGauge::new("scoregate_connections_open", "Client connections open").unwrap();
+        let connections_parked = IntGauge::new(
+            "scoregate_connections_parked",
+            "Idle HTTP/1.1 connections held without hyper's buffers (idle for over a second)",
+        )
+        .unwrap();
         let tls_handshakes =
             IntCounter::new("scoregate_tls_handshakes_total", "Completed TLS handshakes").unwrap();
         let tls_handshake_failures = IntCounterVec::new(
@@ -332,6 +338,7 @@ impl Metrics {
             Box::new(unrouted.clone()),
             Box::new(in_flight.clone()),
             Box::new(connections.clone()),
+            Box::new(connections_parked.clone()),
             Box::new(tls_handshakes.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(connections_refused.clone()),
@@ -357,6 +364,7 @@ impl Metrics {
             unrouted,
             in_flight,
             connections,
+            connections_parked,
             tls_handshakes,
             tls_handshake_failures,
             connections_refused,

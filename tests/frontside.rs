@@ -483,6 +483,84 @@ async fn connections_that_wait_before_their_first_request_are_served_and_drained
     );
 }
 
+/// Waits (up to 6 s) until the gauge `scoregate_connections_parked` reads `want`.
+async fn parked_becomes(gw: &Gw, want: f64) -> bool {
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        if metric(gw, "scoregate_connections_parked").await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A keep-alive HTTP/1.1 connection idle for over a second is parked (hyper and its buffers let
+/// go, `scoregate_connections_parked`) and taken up again by its next request; the start of a
+/// pipelined request that hyper had already read survives the park; a drain closes a parked
+/// connection with TLS `close_notify` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http1_connections_are_parked_and_taken_up_again() {
+    let _serial = SERIAL.lock().await;
+    let pki = Pki::new();
+    let backend = Backend::start().await;
+    let gw = Gw::start(base(&pki, &backend)).await;
+    let client = pki.client();
+    let request = "POST /api/v1/service/iris/score HTTP/1.1\r\nhost: localhost\r\n\
+                   content-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+
+    let mut idle = tls_from(&client, "127.0.0.1", gw.addr, b"").await.unwrap();
+    let head = raw_exchange(&mut idle, request.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        parked_becomes(&gw, 1.0).await,
+        "an idle connection was not parked"
+    );
+    for round in 0..2 {
+        let head = raw_exchange(&mut idle, request.as_bytes()).await;
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "after park {round}: {head}"
+        );
+        assert_eq!(metric(&gw, "scoregate_connections_parked").await, 0.0);
+        assert!(parked_becomes(&gw, 1.0).await, "not parked again");
+    }
+
+    // One request and the first half of the next in one write: hyper reads both, answers the
+    // first and holds the half while the connection idles long enough to be parked.
+    let mut piped = tls_from(&client, "127.0.0.1", gw.addr, b"").await.unwrap();
+    let (first, rest) = request.as_bytes().split_at(30);
+    let mut write = request.as_bytes().to_vec();
+    write.extend_from_slice(first);
+    let head = raw_exchange(&mut piped, &write).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let head = raw_exchange(&mut piped, rest).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "the pipelined half was lost in the park: {head}"
+    );
+    assert_eq!(backend.scored(), 5);
+
+    // Both connections parked: the drain closes them cleanly and does not wait for them.
+    assert!(parked_becomes(&gw, 2.0).await, "both connections parked");
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(4), gw.stop())
+        .await
+        .expect("the drain waited for parked connections");
+    for mut c in [idle, piped] {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(STEP, c.read(&mut buf))
+            .await
+            .expect("a parked connection was left open");
+        assert!(matches!(n, Ok(0)), "not closed with close_notify: {n:?}");
+    }
+    eprintln!(
+        "drain with two parked connections took {:.0} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
 /// At `max_connections` a new connection is closed at once; when one closes, new ones are
 /// accepted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

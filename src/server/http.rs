@@ -4,19 +4,22 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
-use super::timers::{Activity, Drive, Expired, Guarded, InUse, Tracked};
+use super::park::{self, PARK_AFTER, Parked, Stream};
+use super::timers::{Activity, Drive, Expired, Guarded, InUse, Outcome, Tracked};
 use super::{Front, Phase, stopping};
 use crate::client::ConnIdentity;
 use crate::config::Limits;
@@ -73,6 +76,11 @@ impl Builders {
 }
 
 /// HTTP/1.1 or HTTP/2 (by ALPN) over an established TLS connection, until it closes.
+///
+/// Future sizes are idle memory: every connection holds its own for its whole life. So what a
+/// connection needs only while hyper serves it is boxed (`serve_h2`, `h1_session`), and an HTTP/1.1
+/// connection waiting for its first request, or parked, holds none of it; futures are built in
+/// `let` statements, because temporaries inside an `.await` statement stay in the state.
 pub(super) async fn serve_http(
     front: &Front,
     tls: Box<TlsStream<TcpStream>>,
@@ -84,30 +92,16 @@ pub(super) async fn serve_http(
         h2,
         front.shared.metrics.requests_cancelled.clone(),
     ));
+    let peer = conn.peer;
     // HTTP/1.1 clients often connect ahead of need; hyper allocates its buffers (16 KiB) when
     // it starts, so it starts only once the first request begins to arrive.
-    if !h2 && !first_bytes(front, &tls, conn.peer, phase).await {
+    if !h2 && !first_bytes(front, &tls, peer, phase).await {
         return;
     }
-    let io = TokioIo::new(Tracked {
-        inner: tls,
-        act: act.clone(),
-    });
-    let peer = conn.peer;
     let conn = Arc::new(conn);
     let shared = front.shared.clone();
     let a = act.clone();
-    let ctx = Drive {
-        act: &act,
-        limits: &front.limits,
-        metrics: &front.shared.metrics,
-        peer,
-        pressure: front.pressure.subscribe(),
-    };
-    // Future sizes are idle memory: every connection holds its own for its whole life, and hyper
-    // holds room for one `serve_request` future. So each protocol's connection is pinned in its
-    // own branch (an HTTP/1.1 connection has no room for HTTP/2 state), and futures are built in
-    // `let` statements, because temporaries inside an `.await` statement stay in the state.
+    let mut stream = TokioIo::new(Tracked::new(tls, act.clone()));
     if h2 {
         // hyper runs every HTTP/2 stream as a task of its own, and the request's future is moved
         // several times on its way into it (into hyper's stream future, into `tokio::spawn`, into
@@ -115,16 +109,106 @@ pub(super) async fn serve_http(
         let svc = service_fn(move |req| {
             Box::pin(serve_request(shared.clone(), conn.clone(), a.clone(), req))
         });
-        let mut conn = pin!(front.builders.h2.serve_connection(io, svc));
-        let run = ctx.run(conn.as_mut(), |c| c.graceful_shutdown(), phase);
-        run.await;
-    } else {
-        let svc =
-            service_fn(move |req| serve_request(shared.clone(), conn.clone(), a.clone(), req));
-        let mut conn = pin!(front.builders.h1.serve_connection(io, svc));
-        let run = ctx.run(conn.as_mut(), |c| c.graceful_shutdown(), phase);
-        run.await;
+        let serve = Box::pin(serve_h2(front, &act, peer, stream, svc, phase));
+        serve.await;
+        return;
     }
+    let mut svc =
+        service_fn(move |req| serve_request(shared.clone(), conn.clone(), a.clone(), req));
+    loop {
+        let session = Box::pin(h1_session(front, &act, peer, stream, svc, phase));
+        (stream, svc) = match session.await {
+            Some(parked) => parked,
+            None => return,
+        };
+        if !stream.inner().unread.is_empty() {
+            // The start of a pipelined request that hyper had read: it takes the connection
+            // again at once.
+            continue;
+        }
+        let mut wait = Parked::new(&mut stream, &front.shared.metrics.connections_parked);
+        let run = drive(front, &act, peer, None).run(
+            Pin::new(&mut wait),
+            |w| w.close(),
+            |_| false,
+            phase,
+        );
+        if run.await != Outcome::Ended || wait.closed() {
+            return;
+        }
+    }
+}
+
+/// The connection's timers and signals (`timers::Drive`).
+fn drive<'a>(
+    front: &'a Front,
+    act: &'a Activity,
+    peer: SocketAddr,
+    park_after: Option<Duration>,
+) -> Drive<'a> {
+    Drive {
+        act,
+        park_after,
+        limits: &front.limits,
+        metrics: &front.shared.metrics,
+        peer,
+        pressure: front.pressure.subscribe(),
+    }
+}
+
+async fn serve_h2<S>(
+    front: &Front,
+    act: &Activity,
+    peer: SocketAddr,
+    stream: Stream,
+    svc: S,
+    phase: &mut watch::Receiver<Phase>,
+) where
+    S: HttpService<Incoming, ResBody = Guarded<gateway::RespBody>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    let mut conn = pin!(front.builders.h2.serve_connection(stream, svc));
+    let run = drive(front, act, peer, None).run(
+        conn.as_mut(),
+        |c| c.graceful_shutdown(),
+        |_| false,
+        phase,
+    );
+    run.await;
+}
+
+/// hyper serving an HTTP/1.1 connection until it closes (`None`), or is parked: then the stream
+/// and the service are handed back, and hyper's state and buffers are gone (`park`).
+async fn h1_session<S>(
+    front: &Front,
+    act: &Activity,
+    peer: SocketAddr,
+    stream: Stream,
+    svc: S,
+    phase: &mut watch::Receiver<Phase>,
+) -> Option<(Stream, S)>
+where
+    S: HttpService<Incoming, ResBody = Guarded<gateway::RespBody>, Error = Infallible> + Unpin,
+{
+    let mut hyper = front.builders.h1.serve_connection(stream, svc);
+    let run = drive(front, act, peer, Some(PARK_AFTER)).run(
+        Pin::new(&mut hyper),
+        |c| park::graceful(act, c),
+        |c| park::park(act, c),
+        phase,
+    );
+    if run.await != Outcome::Parked {
+        return None;
+    }
+    act.parking.store(false, Ordering::Relaxed);
+    let parts = hyper.into_parts();
+    let mut stream = parts.io;
+    // Bytes hyper read but did not use (a pipelined head cut short) are read again first; an
+    // empty buffer is dropped, and hyper's read buffer with it.
+    if !parts.read_buf.is_empty() {
+        stream.inner_mut().unread = parts.read_buf;
+    }
+    Some((stream, parts.service))
 }
 
 /// One request: `gateway::handle`, with the request counted as in progress on its connection

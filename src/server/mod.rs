@@ -6,7 +6,8 @@
 //! ```
 //!
 //! `accept` owns the listeners and each connection up to an established TLS stream; `http`
-//! serves HTTP on it; `timers` holds the per-connection timers (header read, idle, send). This
+//! serves HTTP on it; `park` lets an idle HTTP/1.1 connection wait without hyper's buffers;
+//! `timers` holds the per-connection timers (header read, idle, send). This
 //! module starts and stops the whole: `start` binds the listeners and builds the state, `run`
 //! serves until a stop signal (reloading on SIGHUP), and `Server::shutdown` drains. `announce`
 //! logs what a start serves (and how to get its credentials); `pid_file` is `--pid-file`.
@@ -53,6 +54,7 @@
 mod accept;
 pub mod announce;
 mod http;
+mod park;
 mod pid_file;
 mod timers;
 mod workers;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -134,6 +135,19 @@ impl<B> Guarded<B> {
 pub(in crate::server) struct Tracked<T> {
     pub inner: T,
     pub act: Arc<Activity>,
+    /// Bytes hyper had read but not used when its connection was parked (`server::park`): read
+    /// again before the stream.
+    pub unread: Bytes,
+}
+
+impl<T> Tracked<T> {
+    pub(in crate::server) fn new(inner: T, act: Arc<Activity>) -> Self {
+        Tracked {
+            inner,
+            act,
+            unread: Bytes::new(),
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
@@ -142,6 +156,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread.split_to(n));
+            if self.unread.is_empty() {
+                // An empty slice of hyper's read buffer would still hold all of it.
+                self.unread = Bytes::new();
+            }
+            self.act.on_read();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -183,6 +207,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.act.parking.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

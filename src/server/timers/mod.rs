@@ -35,6 +35,9 @@ pub(super) const CANCELLED_STREAMS_MIN: u64 = 50;
 
 pub(super) struct Drive<'a> {
     pub act: &'a Activity,
+    /// HTTP/1.1 served by hyper: park the connection (`Drive::run`'s `park`) once it has been
+    /// idle this long (`park`, the module).
+    pub park_after: Option<Duration>,
     pub limits: &'a Limits,
     pub metrics: &'a Metrics,
     pub peer: SocketAddr,
@@ -64,17 +67,22 @@ impl Drive<'_> {
         timer.as_mut().reset(at);
     }
 
-    /// Runs a hyper connection to its end, applying the header-read and idle timers and the
-    /// drain phases. `graceful` starts hyper's graceful close of that connection.
+    /// Runs a connection to its end, applying the header-read and idle timers and the drain
+    /// phases. `graceful` starts the connection's graceful close; `park` (tried once the
+    /// connection has been idle for `park_after`) asks it to end without closing, and says
+    /// whether it will: `Parked` is then the outcome.
     pub(super) async fn run<C>(
         self,
         mut conn: Pin<&mut C>,
         graceful: impl Fn(Pin<&mut C>),
+        park: impl Fn(Pin<&mut C>) -> bool,
         phase: &mut watch::Receiver<Phase>,
-    ) where
+    ) -> Outcome
+    where
         C: Future<Output = hyper::Result<()>>,
     {
         let mut closing = false;
+        let mut parking = false;
         let mut phase_open = true;
         // Set when a timer closed the connection: the time it gets to finish closing.
         let mut backstop: Option<Instant> = None;
@@ -131,10 +139,14 @@ impl Drive<'_> {
             gate.open();
             match event {
                 Event::Ended(r) => {
-                    if let Err(e) = r {
-                        tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
-                    }
-                    return;
+                    return match r {
+                        Ok(()) if parking => Outcome::Parked,
+                        Ok(()) => Outcome::Ended,
+                        Err(e) => {
+                            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+                            Outcome::Ended
+                        }
+                    };
                 }
                 Event::Phase(changed, mut rx) => {
                     let now = match changed {
@@ -153,7 +165,7 @@ impl Drive<'_> {
                             closing = true;
                         }
                         Phase::Draining => {}
-                        Phase::Closing => return,
+                        Phase::Closing => return Outcome::Dropped,
                     }
                 }
                 Event::Kicked => {
@@ -180,19 +192,38 @@ impl Drive<'_> {
                 Event::Timer => {
                     if let Some(at) = backstop {
                         if Instant::now() >= at {
-                            return;
+                            return Outcome::Dropped;
                         }
                         timer.as_mut().reset(at);
                         continue;
                     }
                     match self.act.check(self.limits) {
-                        Ok(next) => timer.as_mut().reset(next),
+                        Ok(mut next) => {
+                            if let Some(after) = self.park_after
+                                && !closing
+                                && let Some(at) = self.act.park_due(after)
+                            {
+                                let now = Instant::now();
+                                if at <= now && park(conn.as_mut()) {
+                                    // hyper ends an idle connection at once; the backstop only
+                                    // guards against one that does not.
+                                    parking = true;
+                                    closing = true;
+                                    let at = now + CLOSE_GRACE;
+                                    backstop = Some(at);
+                                    timer.as_mut().reset(at);
+                                    continue;
+                                }
+                                next = next.min(at.max(now));
+                            }
+                            timer.as_mut().reset(next)
+                        }
                         Err(expired) => {
                             expired.count(self.metrics, self.peer);
                             if expired != Expired::Idle {
                                 // A head that never completes, or a response nobody reads,
                                 // would hold hyper forever: drop.
-                                return;
+                                return Outcome::Dropped;
                             }
                             if !closing {
                                 graceful(conn.as_mut());
@@ -207,6 +238,17 @@ impl Drive<'_> {
             }
         }
     }
+}
+
+/// How `Drive::run` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// The connection's future ended by itself.
+    Ended,
+    /// A timer or the drain's end gave up on it: drop it.
+    Dropped,
+    /// It ended while idle, on request, its stream still open (`park`).
+    Parked,
 }
 
 /// What ended one turn of `Drive::run`'s loop.
@@ -311,6 +353,9 @@ pub(super) struct Activity {
     /// Set while a write to the client is blocked (the socket is full): the next write that goes
     /// through clears it. Otherwise a write costs one relaxed load.
     write_blocked: AtomicBool,
+    /// Set while hyper is being ended to park the connection (`server::park`): its shutdown of
+    /// the stream is then skipped, so the connection stays open.
+    pub(in crate::server) parking: AtomicBool,
     h2: bool,
     /// Woken when the connection should close early (too many cancelled streams).
     kick: Notify,
@@ -366,6 +411,7 @@ impl Activity {
             }),
             awaiting_byte: AtomicBool::new(!h2),
             write_blocked: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
             h2,
             kick: Notify::new(),
             cancelled_metric,
@@ -396,6 +442,23 @@ impl Activity {
         } else if self.write_blocked.load(Ordering::Relaxed) {
             self.write_blocked.store(false, Ordering::Relaxed);
             self.clock.lock().unwrap().blocked_since = None;
+        }
+    }
+
+    /// HTTP/1.1, for parking (`park`): the time from which the connection may be parked if it
+    /// is still idle then — `after` from the end of its last request, with no byte of the next
+    /// one read and no write to the client blocked. Otherwise (a request or head in progress,
+    /// none served yet) the time to look again: `after` from now. `None` on HTTP/2.
+    fn park_due(&self, after: Duration) -> Option<Instant> {
+        if self.h2 {
+            return None;
+        }
+        let c = self.clock.lock().unwrap();
+        let idle = c.active == 0 && c.served && c.first_byte.is_none();
+        if idle && c.blocked_since.is_none() {
+            Some(c.idle_since + after)
+        } else {
+            Some(Instant::now() + after)
         }
     }
 

@@ -129,3 +129,33 @@ async fn most_streams_cancelled_closes_the_connection() {
     assert!(kicked.is_ok());
     assert_eq!(act.cancelled_metric.get(), CANCELLED_STREAMS_MIN);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_http1_connection_may_be_parked_a_while_after_its_last_request() {
+    let act = Arc::new(activity(false));
+    let after = Duration::from_secs(1);
+    let look_again = |act: &Activity| act.park_due(after).unwrap() - Instant::now();
+    // Before its first request, and while one runs: only a time to look again.
+    assert_eq!(look_again(&act), after);
+    let busy = InUse::begin(act.clone());
+    advance(5).await;
+    assert_eq!(look_again(&act), after);
+    drop(busy);
+    // Idle: parkable from `after` past the request's end.
+    let ended = Instant::now();
+    tokio::time::advance(Duration::from_millis(400)).await;
+    assert_eq!(act.park_due(after), Some(ended + after));
+    // A byte of the next request: not parkable while its head arrives.
+    act.on_read();
+    advance(5).await;
+    assert_eq!(look_again(&act), after);
+    // A blocked write after the last request: not parkable until it goes through.
+    drop(InUse::begin(act.clone()));
+    act.on_write(true);
+    advance(5).await;
+    assert_eq!(look_again(&act), after);
+    act.on_write(false);
+    assert!(act.park_due(after).unwrap() <= Instant::now());
+    // HTTP/2 connections are never parked.
+    assert_eq!(activity(true).park_due(after), None);
+}
