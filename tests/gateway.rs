@@ -663,6 +663,56 @@ async fn body_limit_from_content_length_and_from_streamed_bytes() {
     gw.stop().await;
 }
 
+/// A client that is still sending a body the gateway refused (413 from its declared size, too
+/// large to drain) can finish writing and then read the answer: the gateway keeps reading and
+/// throwing away what comes after it has answered and closed (lingering close), instead of
+/// closing a socket with unread data, which resets the connection under the client's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_a_refused_body_gets_to_read_the_answer() {
+    let pki = Pki::new();
+    let backend = Backend::start().await;
+    let mut svc = service("iris", AuthMode::None, &[backend.url()]);
+    svc.max_body = 1000;
+    let gw = Gw::start(config(&pki, vec![svc])).await;
+    let client = pki.client();
+    // Far more than the socket buffers on both sides hold, so the gateway must read it.
+    const SIZE: usize = 24 << 20;
+    let mut s = client.connect(gw.addr, &[b"http/1.1"]).await;
+    let head = format!(
+        "POST /api/v1/service/iris/score HTTP/1.1\r\nhost: localhost\r\n\
+         content-type: application/json\r\ncontent-length: {SIZE}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let write = async {
+        for _ in 0..SIZE / chunk.len() {
+            s.write_all(&chunk).await?;
+        }
+        s.flush().await
+    };
+    let written = tokio::time::timeout(Duration::from_secs(20), write)
+        .await
+        .expect("writing the body timed out");
+    assert!(
+        written.is_ok(),
+        "the connection was reset while the client was still sending: {written:?}"
+    );
+    let (head, body) = read_response(&mut s).await.expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert!(String::from_utf8_lossy(&body).contains("PayloadTooLarge"));
+    let mut buf = [0u8; 64];
+    let end = tokio::time::timeout(STEP, s.read(&mut buf))
+        .await
+        .expect("closed");
+    assert!(matches!(end, Ok(0)), "closed with close_notify: {end:?}");
+    assert_eq!(backend.count(), 0);
+    gw.stop().await;
+}
+
 /// Regression: over HTTP/2 an early 401 reset the stream while curl was still sending the body,
 /// and curl dropped the answer (exit 92) most of the time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

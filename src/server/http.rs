@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -37,6 +38,10 @@ const H2_MAX_LOCAL_RESETS: usize = 1024;
 /// Streams a client may open and reset before they are accepted (the rapid-reset attack);
 /// h2's own default.
 const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Lingering close (`linger`): how long the client may go without sending before the gateway
+/// closes, and how long it may keep sending.
+const LINGER_QUIET: Duration = Duration::from_secs(2);
+const LINGER_MAX: Duration = Duration::from_secs(10);
 /// hyper's smallest allowed read buffer; the header limit may ask for more.
 const MIN_READ_BUF: usize = 8 * 1024;
 /// hyper's own header-count limit for HTTP/1.1 (`hyper::proto::h1::role::DEFAULT_MAX_HEADERS`).
@@ -197,8 +202,14 @@ where
         |c| park::park(act, c),
         phase,
     );
-    if run.await != Outcome::Parked {
-        return None;
+    match run.await {
+        Outcome::Parked => {}
+        end @ (Outcome::Ended | Outcome::Failed) => {
+            let linger = linger(hyper.into_parts().io, end == Outcome::Failed, phase);
+            linger.await;
+            return None;
+        }
+        Outcome::Dropped => return None,
     }
     act.parking.store(false, Ordering::Relaxed);
     let parts = hyper.into_parts();
@@ -209,6 +220,58 @@ where
         stream.inner_mut().unread = parts.read_buf;
     }
     Some((stream, parts.service))
+}
+
+/// After hyper has closed an HTTP/1.1 connection on which the client is still sending (a refused
+/// request whose body was too large to drain, a head hyper refused), reads and throws away what
+/// still comes, until the client closes or goes quiet for `LINGER_QUIET` (at most `LINGER_MAX`):
+/// closing a socket with unread data resets the connection, and a client still writing its body
+/// may then lose the answer it was sent. This is nginx's `lingering_close`. Only when bytes are
+/// waiting as hyper ends (one non-blocking read finds out; a connection the client closed first
+/// skips even that), and not during a drain.
+async fn linger(mut stream: Stream, failed: bool, phase: &mut watch::Receiver<Phase>) {
+    if stream.inner().eof || !unread_bytes(&stream) {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_MAX;
+    let stopping = stopping(phase);
+    let mut stopping = pin!(stopping);
+    // hyper has sent TLS close_notify and shut the TCP write side down, unless it ended on an
+    // error: the client reads its answer, then the end of the stream.
+    if failed {
+        let shutdown = tokio::time::timeout(LINGER_QUIET, stream.inner_mut().shutdown());
+        if shutdown.await.is_err() {
+            return;
+        }
+    }
+    let tcp = &stream.inner().inner.get_ref().0;
+    loop {
+        let quiet = tokio::time::sleep_until(deadline.min(Instant::now() + LINGER_QUIET));
+        tokio::select! {
+            r = tcp.readable() => if r.is_err() { return },
+            _ = quiet => return,
+            _ = &mut stopping => return,
+        }
+        if !unread_bytes(&stream) {
+            return;
+        }
+    }
+}
+
+/// Reads and throws away what the socket holds, up to 64 KiB a call (the worker has other
+/// connections to serve); `false` if there was nothing, or the client has closed.
+fn unread_bytes(stream: &Stream) -> bool {
+    let tcp = &stream.inner().inner.get_ref().0;
+    let mut sink = [0u8; 4096];
+    for read in 0..16 {
+        match tcp.try_read(&mut sink) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return read > 0,
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// One request: `gateway::handle`, with the request counted as in progress on its connection

@@ -34,6 +34,8 @@
 //!   connection is accepted and closed at once, before TLS (`connections_refused{reason=
 //!   "max_connections"}`): the client learns immediately, instead of waiting unseen in the kernel
 //!   backlog, and accepting goes on so a closed connection frees a slot at once.
+//! - Not a setting: an HTTP/1.1 connection idle for a second is parked (`park`), and one the
+//!   gateway closes while the client is still sending gets a lingering close (`http::linger`).
 //! - `h2_max_concurrent_streams`: advertised per HTTP/2 connection.
 //! - `max_in_flight`: requests across all connections; `gateway::admit` answers 503 beyond it.
 //!

@@ -138,6 +138,8 @@ pub(in crate::server) struct Tracked<T> {
     /// Bytes hyper had read but not used when its connection was parked (`server::park`): read
     /// again before the stream.
     pub unread: Bytes,
+    /// The client closed its side (a read found the end of the stream).
+    pub eof: bool,
 }
 
 impl<T> Tracked<T> {
@@ -146,6 +148,7 @@ impl<T> Tracked<T> {
             inner,
             act,
             unread: Bytes::new(),
+            eof: false,
         }
     }
 }
@@ -170,6 +173,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.act.on_read();
+        } else if matches!(r, Poll::Ready(Ok(()))) && buf.remaining() > 0 {
+            self.eof = true;
         }
         r
     }

@@ -144,7 +144,7 @@ impl Drive<'_> {
                         Ok(()) => Outcome::Ended,
                         Err(e) => {
                             tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
-                            Outcome::Ended
+                            Outcome::Failed
                         }
                     };
                 }
@@ -245,6 +245,8 @@ impl Drive<'_> {
 pub(super) enum Outcome {
     /// The connection's future ended by itself.
     Ended,
+    /// It ended with an error (hyper has not shut the stream down).
+    Failed,
     /// A timer or the drain's end gave up on it: drop it.
     Dropped,
     /// It ended while idle, on request, its stream still open (`park`).
