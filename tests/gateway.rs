@@ -607,13 +607,19 @@ async fn a_backend_that_refuses_connections_is_skipped_once() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn body_limit_from_content_length_and_from_streamed_bytes() {
+/// The gateway in front of one backend, its service's `max_body` 1000 bytes.
+async fn body_limited() -> (Pki, Backend, Gw) {
     let pki = Pki::new();
     let backend = Backend::start().await;
     let mut svc = service("iris", AuthMode::None, &[backend.url()]);
     svc.max_body = 1000;
     let gw = Gw::start(config(&pki, vec![svc])).await;
+    (pki, backend, gw)
+}
+
+#[tokio::test]
+async fn body_limit_from_content_length_and_from_streamed_bytes() {
+    let (pki, backend, gw) = body_limited().await;
     let client = pki.client();
     let big = "x".repeat(1001);
     let r = once(
@@ -669,11 +675,7 @@ async fn body_limit_from_content_length_and_from_streamed_bytes() {
 /// closing a socket with unread data, which resets the connection under the client's writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_still_sending_a_refused_body_gets_to_read_the_answer() {
-    let pki = Pki::new();
-    let backend = Backend::start().await;
-    let mut svc = service("iris", AuthMode::None, &[backend.url()]);
-    svc.max_body = 1000;
-    let gw = Gw::start(config(&pki, vec![svc])).await;
+    let (pki, backend, gw) = body_limited().await;
     let client = pki.client();
     // Far more than the socket buffers on both sides hold, so the gateway must read it.
     const SIZE: usize = 24 << 20;
