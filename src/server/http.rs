@@ -132,12 +132,8 @@ pub(super) async fn serve_http(
             continue;
         }
         let mut wait = Parked::new(&mut stream, &front.shared.metrics.connections_parked);
-        let run = drive(front, &act, peer, None).run(
-            Pin::new(&mut wait),
-            |w| w.close(),
-            |_| false,
-            phase,
-        );
+        let run =
+            drive(front, &act, peer, None).run(Pin::new(&mut wait), |w| w.close(), |_| {}, phase);
         if run.await != Outcome::Ended || wait.closed() {
             return;
         }
@@ -173,12 +169,8 @@ async fn serve_h2<S>(
     S::Future: Send + 'static,
 {
     let mut conn = pin!(front.builders.h2.serve_connection(stream, svc));
-    let run = drive(front, act, peer, None).run(
-        conn.as_mut(),
-        |c| c.graceful_shutdown(),
-        |_| false,
-        phase,
-    );
+    let run =
+        drive(front, act, peer, None).run(conn.as_mut(), |c| c.graceful_shutdown(), |_| {}, phase);
     run.await;
 }
 
@@ -198,14 +190,14 @@ where
     let mut hyper = front.builders.h1.serve_connection(stream, svc);
     let run = drive(front, act, peer, Some(PARK_AFTER)).run(
         Pin::new(&mut hyper),
-        |c| park::graceful(act, c),
-        |c| park::park(act, c),
+        |c| park::end(act, c, false),
+        |c| park::end(act, c, true),
         phase,
     );
     match run.await {
         Outcome::Parked => {}
         end @ (Outcome::Ended | Outcome::Failed) => {
-            let linger = linger(hyper.into_parts().io, end == Outcome::Failed, phase);
+            let linger = linger(hyper.into_parts().io, act, end == Outcome::Failed, phase);
             linger.await;
             return None;
         }
@@ -222,15 +214,19 @@ where
     Some((stream, parts.service))
 }
 
-/// After hyper has closed an HTTP/1.1 connection on which the client is still sending (a refused
-/// request whose body was too large to drain, a head hyper refused), reads and throws away what
-/// still comes, until the client closes or goes quiet for `LINGER_QUIET` (at most `LINGER_MAX`):
-/// closing a socket with unread data resets the connection, and a client still writing its body
-/// may then lose the answer it was sent. This is nginx's `lingering_close`. Only when bytes are
-/// waiting as hyper ends (one non-blocking read finds out; a connection the client closed first
-/// skips even that), and not during a drain.
-async fn linger(mut stream: Stream, failed: bool, phase: &mut watch::Receiver<Phase>) {
-    if stream.inner().eof || !unread_bytes(&stream) {
+/// After hyper has closed an HTTP/1.1 connection on which the client may still be sending (an
+/// answer that left the request's body on the wire, `Activity::body_left`, or a request hyper
+/// refused), reads and throws away what still comes, until the client closes or goes quiet for
+/// `LINGER_QUIET` (at most `LINGER_MAX`): closing a socket with unread data resets the
+/// connection, and a client still writing its body may then lose the answer it was sent. This is
+/// nginx's `lingering_close`. Not when the client closed first, nor during a drain.
+async fn linger(
+    mut stream: Stream,
+    act: &Activity,
+    failed: bool,
+    phase: &mut watch::Receiver<Phase>,
+) {
+    if stream.inner().eof || !(failed || act.body_left.load(Ordering::Relaxed)) {
         return;
     }
     let deadline = Instant::now() + LINGER_MAX;
@@ -259,16 +255,16 @@ async fn linger(mut stream: Stream, failed: bool, phase: &mut watch::Receiver<Ph
 }
 
 /// Reads and throws away what the socket holds, up to 64 KiB a call (the worker has other
-/// connections to serve); `false` if there was nothing, or the client has closed.
+/// connections to serve); `false` once the client has closed (or the socket failed). A wake-up
+/// with nothing to read (readiness left over from hyper's last read) is not the end.
 fn unread_bytes(stream: &Stream) -> bool {
     let tcp = &stream.inner().inner.get_ref().0;
     let mut sink = [0u8; 4096];
-    for read in 0..16 {
+    for _ in 0..16 {
         match tcp.try_read(&mut sink) {
             Ok(0) => return false,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return read > 0,
-            Err(_) => return false,
+            Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
         }
     }
     true
@@ -282,8 +278,13 @@ async fn serve_request(
     act: Arc<Activity>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Guarded<gateway::RespBody>>, Infallible> {
-    let in_use = InUse::begin(act);
+    let in_use = InUse::begin(act.clone());
     let resp = gateway::handle(shared, conn, req).await?;
+    // The gateway closes after an answer only when the request's body is left on the wire
+    // (`gateway::respond::refusal`); a backend's `Connection` header never reaches the client.
+    if !resp.status().is_success() && resp.headers().contains_key(http::header::CONNECTION) {
+        act.body_left.store(true, Ordering::Relaxed);
+    }
     Ok(resp.map(|body| Guarded::new(body, in_use)))
 }
 

@@ -39,31 +39,18 @@ pub(super) const PARK_AFTER: Duration = Duration::from_secs(1);
 /// The stream an HTTP/1.1 connection is served on, hyper's or parked.
 pub(super) type Stream = TokioIo<Tracked<Box<TlsStream<TcpStream>>>>;
 
-/// Ends hyper's idle HTTP/1.1 connection without closing the stream: with keep-alive turned off
-/// hyper ends an idle connection at once, and `Activity::parking` makes the stream skip the
-/// shutdown hyper then asks of it. `true`: the connection can be parked.
-pub(super) fn park<S>(act: &Activity, conn: Pin<&mut http1::Connection<Stream, S>>) -> bool
+/// Starts hyper's graceful end of an HTTP/1.1 connection: with `park`, one that keeps the
+/// stream open (called only while the connection is idle, when hyper ends it at once, and
+/// `Activity::parking` makes the stream skip the shutdown hyper then asks of it); without, the
+/// ordinary close, which shuts the stream down (even if parking had begun).
+pub(super) fn end<S>(act: &Activity, conn: Pin<&mut http1::Connection<Stream, S>>, park: bool)
 where
     S: HttpService<Incoming>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     S::ResBody: 'static,
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    act.parking.store(true, Ordering::Relaxed);
-    conn.graceful_shutdown();
-    true
-}
-
-/// hyper's graceful close of an HTTP/1.1 connection, which shuts the stream down at its end
-/// (even if parking had begun).
-pub(super) fn graceful<S>(act: &Activity, conn: Pin<&mut http1::Connection<Stream, S>>)
-where
-    S: HttpService<Incoming>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    act.parking.store(false, Ordering::Relaxed);
+    act.parking.store(park, Ordering::Relaxed);
     conn.graceful_shutdown();
 }
 

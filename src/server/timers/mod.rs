@@ -68,14 +68,14 @@ impl Drive<'_> {
     }
 
     /// Runs a connection to its end, applying the header-read and idle timers and the drain
-    /// phases. `graceful` starts the connection's graceful close; `park` (tried once the
-    /// connection has been idle for `park_after`) asks it to end without closing, and says
-    /// whether it will: `Parked` is then the outcome.
+    /// phases. `graceful` starts the connection's graceful close; `park` (called only with
+    /// `park_after` set, once the connection has been idle that long) asks it to end without
+    /// closing: `Parked` is then the outcome.
     pub(super) async fn run<C>(
         self,
         mut conn: Pin<&mut C>,
         graceful: impl Fn(Pin<&mut C>),
-        park: impl Fn(Pin<&mut C>) -> bool,
+        park: impl Fn(Pin<&mut C>),
         phase: &mut watch::Receiver<Phase>,
     ) -> Outcome
     where
@@ -204,7 +204,8 @@ impl Drive<'_> {
                                 && let Some(at) = self.act.park_due(after)
                             {
                                 let now = Instant::now();
-                                if at <= now && park(conn.as_mut()) {
+                                if at <= now {
+                                    park(conn.as_mut());
                                     // hyper ends an idle connection at once; the backstop only
                                     // guards against one that does not.
                                     parking = true;
@@ -358,6 +359,9 @@ pub(super) struct Activity {
     /// Set while hyper is being ended to park the connection (`server::park`): its shutdown of
     /// the stream is then skipped, so the connection stays open.
     pub(in crate::server) parking: AtomicBool,
+    /// Set when an answer closes the connection with the request's body left on the wire (the
+    /// gateway's refusal with `Connection: close`): the close lingers (`server::http::linger`).
+    pub(in crate::server) body_left: AtomicBool,
     h2: bool,
     /// Woken when the connection should close early (too many cancelled streams).
     kick: Notify,
@@ -414,6 +418,7 @@ impl Activity {
             awaiting_byte: AtomicBool::new(!h2),
             write_blocked: AtomicBool::new(false),
             parking: AtomicBool::new(false),
+            body_left: AtomicBool::new(false),
             h2,
             kick: Notify::new(),
             cancelled_metric,
