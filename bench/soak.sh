@@ -14,10 +14,14 @@
 #   3. runs the three kinds at once for $MINUTES, open loop (`scoregate bench --rate`), each at
 #      $FRACTION % ÷ 3 of its own saturating rate, so that together they offer $FRACTION % of
 #      what the setup can do (the gateway's CPU or the clients' and backend's, whichever ran out
-#      first in step 2; summary.md gives the gateway's CPU use); every $RELOAD_S s the gateway gets SIGHUP (certificate, config
+#      first in step 2; summary.md gives the gateway's CPU use); beside them a fourth kind, the
+#      "parked" one: $PARKED_CONNS keep-alive connections sharing a fixed $PARKED_RATE requests/s,
+#      so that each one idles ~2 s between requests (more than the 1 s after which the gateway
+#      parks an idle HTTP/1.1 connection), and every one of its requests takes up a parked
+#      connection; every $RELOAD_S s the gateway gets SIGHUP (certificate, config
 #      and keys re-read), every $REGEN_S s the service's secondary key is regenerated through the
 #      admin API (the clients use the primary one, as a client does while the other slot is
-#      rotated), and every 10 s the gateway's RSS is read;
+#      rotated), and every 10 s the gateway's RSS and its count of parked connections are read;
 #   4. writes to $OUT: each kind's report (result-*.json) and second-by-second timeline
 #      (timeline-*.jsonl), rss.jsonl, events.jsonl (each reload and regeneration and its result),
 #      the gateway's /metrics at the end, summary.md, and soak.svg (p99 per second per kind, and
@@ -29,7 +33,7 @@
 #
 # Knobs: BIN (default target/release/scoregate), MINUTES (60), FRACTION (50), W (gateway worker
 # threads, 1), PIN (1), RELOAD_S (30), REGEN_S (60), SAT_S (10), ACCESS (0; 1: access log on, to a file in
-# the scratch dir), OUT (default bench/results/soak-<UTC stamp>). Needs nginx, openssl, curl,
+# the scratch dir), PARKED_CONNS (200; 0: no parked kind), PARKED_RATE (100), OUT (default bench/results/soak-<UTC stamp>). Needs nginx, openssl, curl,
 # python3. Exits non-zero when any request failed, a reload or regeneration failed, or the gateway
 # died.
 set -euo pipefail
@@ -44,6 +48,8 @@ REGEN_S=${REGEN_S:-60}
 SAT_S=${SAT_S:-10}
 ACCESS=${ACCESS:-0}
 PIN=${PIN:-1}
+PARKED_CONNS=${PARKED_CONNS:-200}
+PARKED_RATE=${PARKED_RATE:-100}
 GW_CPUS=() REST_CPUS=()
 if [[ $PIN == 1 ]] && (( $(nproc) >= 2 )) && command -v taskset >/dev/null; then
     GW_CPUS=(taskset -c 0) REST_CPUS=(taskset -c 1-$(( $(nproc) - 1 )))
@@ -101,10 +107,10 @@ curl -sf "http://127.0.0.1:$ADMIN/readyz" > /dev/null || { echo "the gateway did
 
 # By address, with the certificate's name as SNI: "localhost" may resolve to ::1 first.
 URL="https://127.0.0.1:$LISTEN/api/v1/service/iris/score"
-drive() {  # drive MODE ARGS...: scoregate bench against the gateway, key auth
+drive() {  # drive MODE ARGS...: scoregate bench against the gateway, key auth ($CONNS connections)
     local m=$1; shift
-    local conns=64
-    [[ $m == h2 ]] && conns=16
+    local conns=${CONNS:-64}
+    [[ $m == h2 ]] && conns=${CONNS:-16}
     ${REST_CPUS[@]+"${REST_CPUS[@]}"} "$BIN" bench --target "$URL" --insecure --sni localhost --key "$KEY" --pid "$GW" --mode "$m" --connections $conns --json --quiet "$@"
 }
 jget() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
@@ -130,6 +136,12 @@ for m in $MODES; do
     DRIVERS+=($!)
     PIDS+=($!)
 done
+if (( PARKED_CONNS > 0 )); then
+    CONNS=$PARKED_CONNS drive keepalive --warmup "${WARMUP_S}s" --duration "${MINUTES}m" --rate "$PARKED_RATE" \
+        --timeline "$OUT/timeline-parked.jsonl" > "$OUT/result-parked.json" 2> "$OUT/driver-parked.log" &
+    DRIVERS+=($!)
+    PIDS+=($!)
+fi
 : > "$OUT/rss.jsonl"; : > "$OUT/events.jsonl"
 T0=$(date +%s)
 FAILED_OPS=0
@@ -148,7 +160,8 @@ while alive; do
     if (( t - last_rss >= 10 )); then
         last_rss=$t
         rss=$(awk '/^VmRSS:/ {print $2}' /proc/$GW/status 2>/dev/null || true)
-        [[ -n $rss ]] && echo "{\"t\": $t, \"rss_kb\": $rss}" >> "$OUT/rss.jsonl"
+        parked=$(metric 'scoregate_connections_parked ' | awk '{print $2}')
+        [[ -n $rss ]] && echo "{\"t\": $t, \"rss_kb\": $rss, \"parked\": ${parked:-null}}" >> "$OUT/rss.jsonl"
     fi
     if (( t - last_reload >= RELOAD_S )); then
         last_reload=$t

@@ -15,9 +15,12 @@ import os
 import statistics
 from xml.sax.saxutils import escape
 
-KINDS = ["keepalive", "h2", "handshake"]
-LABEL = {"keepalive": "HTTP/1.1 keep-alive", "h2": "HTTP/2", "handshake": "new connection per request"}
-COLOR = {"keepalive": "#d9822b", "h2": "#3a6fb0", "handshake": "#2e8b57"}
+KINDS = ["keepalive", "h2", "handshake", "parked"]
+LABEL = {"keepalive": "HTTP/1.1 keep-alive", "h2": "HTTP/2", "handshake": "new connection per request",
+         "parked": "parked keep-alive"}
+COLOR = {"keepalive": "#d9822b", "h2": "#3a6fb0", "handshake": "#2e8b57", "parked": "#8e44ad"}
+# Kinds a run may leave out (soak.sh PARKED_CONNS=0, or a run from before it had them).
+OPTIONAL = {"parked"}
 
 
 def jsonl(path):
@@ -81,7 +84,7 @@ def svg(out, timelines, rss, title, minutes):
     for k in timelines:
         s += f'<rect x="{lx}" y="{y0 + 8}" width="12" height="4" fill="{COLOR.get(k, "#777")}"/>'
         s += f'<text x="{lx + 16}" y="{y0 + 14}" font-size="11">{escape(LABEL.get(k, k))}</text>\n'
-        lx += 200
+        lx += 190
     # RSS
     y0, h = 380, 140
     rmax = max([r["rss_kb"] / 1024 for r in rss] + [1.0]) * 1.15
@@ -123,6 +126,8 @@ def main():
     for k in KINDS:
         sat = jload(os.path.join(d, f"saturate-{k}.json")) or {}
         res = jload(os.path.join(d, f"result-{k}.json"))
+        if res is None and k in OPTIONAL and not os.path.exists(os.path.join(d, f"result-{k}.json")):
+            continue
         if res is None:
             print(f"| {LABEL[k]} | {sat.get('rps', '–')} | | | | no report | | | | | |")
             total_err += 1
@@ -157,6 +162,10 @@ def main():
         print(f"- Gateway RSS: {first:.1f} MiB at {rss[0]['t']} s, {warm:.1f} MiB after warm-up "
               f"(~{min(300, rss[-1]['t'] // 2)} s), {last:.1f} MiB at the end ({rss[-1]['t']} s); "
               f"peak {peak:.1f} MiB; end − warm-up: {last - warm:+.1f} MiB.")
+    parked = [r["parked"] for r in rss if r.get("parked") is not None]
+    if parked:
+        print(f"- Parked connections (the `scoregate_connections_parked` gauge, read every 10 s): "
+              f"median {statistics.median(parked):g}, min {min(parked):g}, max {max(parked):g}.")
     # Per-10-minute p99 (the worst second in each stretch), to see drift.
     if timelines:
         print()
