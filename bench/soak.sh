@@ -16,12 +16,13 @@
 #      what the setup can do (the gateway's CPU or the clients' and backend's, whichever ran out
 #      first in step 2; summary.md gives the gateway's CPU use); beside them a fourth kind, the
 #      "parked" one: $PARKED_CONNS keep-alive connections sharing a fixed $PARKED_RATE requests/s,
-#      so that each one idles ~2 s between requests (more than the 1 s after which the gateway
-#      parks an idle HTTP/1.1 connection), and every one of its requests takes up a parked
-#      connection; every $RELOAD_S s the gateway gets SIGHUP (certificate, config
-#      and keys re-read), every $REGEN_S s the service's secondary key is regenerated through the
-#      admin API (the clients use the primary one, as a client does while the other slot is
-#      rotated), and every 10 s the gateway's RSS and its count of parked connections are read;
+#      so that each one idles $PARKED_CONNS ÷ $PARKED_RATE s between requests (2 s by default,
+#      more than the 1 s after which the gateway parks an idle HTTP/1.1 connection), and every
+#      one of its requests takes up a parked connection; every $RELOAD_S s the gateway gets
+#      SIGHUP (certificate, config and keys re-read), every $REGEN_S s the service's secondary
+#      key is regenerated through the admin API (the clients use the primary one, as a client
+#      does while the other slot is rotated), and every 10 s the gateway's RSS and its count of
+#      parked connections are read;
 #   4. writes to $OUT: each kind's report (result-*.json) and second-by-second timeline
 #      (timeline-*.jsonl), rss.jsonl, events.jsonl (each reload and regeneration and its result),
 #      the gateway's /metrics at the end, summary.md, and soak.svg (p99 per second per kind, and

@@ -124,10 +124,11 @@ def main():
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     total_err = 0
     for k in KINDS:
-        sat = jload(os.path.join(d, f"saturate-{k}.json")) or {}
-        res = jload(os.path.join(d, f"result-{k}.json"))
-        if res is None and k in OPTIONAL and not os.path.exists(os.path.join(d, f"result-{k}.json")):
+        result = os.path.join(d, f"result-{k}.json")
+        if k in OPTIONAL and not os.path.exists(result):
             continue
+        sat = jload(os.path.join(d, f"saturate-{k}.json")) or {}
+        res = jload(result)
         if res is None:
             print(f"| {LABEL[k]} | {sat.get('rps', '–')} | | | | no report | | | | | |")
             total_err += 1
