@@ -7,8 +7,8 @@
 #   BIN_A=old/scoregate BIN_B=new/scoregate bench/paired.sh "" ""   # two binaries, same arguments
 #
 # Environment: ROUNDS (default 5), DURATION (default 6s), BIN_A / BIN_B (default
-# target/release/scoregate). Every run uses --mode keepalive --gateway-threads 1 unless the
-# arguments say otherwise (later flags win).
+# target/release/scoregate). Every run uses --mode keepalive and --gateway-threads 1 unless the
+# arguments give their own (clap refuses a flag given twice).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [[ $# -eq 2 ]] || { sed -n '2,12p' "$0"; exit 2; }
@@ -22,8 +22,11 @@ done
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 run() { # BIN ARGS -> "µs/req req/s errors"
+    local defaults=()
+    [[ " $2 " == *" --mode "* ]] || defaults+=(--mode keepalive)
+    [[ " $2 " == *" --gateway-threads "* ]] || defaults+=(--gateway-threads 1)
     # shellcheck disable=SC2086
-    "$1" bench --mode keepalive --gateway-threads 1 --duration "$duration" --quiet --json $2 |
+    "$1" bench "${defaults[@]}" --duration "$duration" --quiet --json $2 |
         python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["gateway_cpu_us_per_req"], d["rps"], d["errors"]["total"])'
 }
 printf '%-6s %12s %12s %8s\n' round "A µs/req" "B µs/req" "B/A"
