@@ -49,6 +49,8 @@ WORKDIR /src
 # them. Cargo.toml names two benches and the test-harness workspace member, which must exist for
 # the manifest to load.
 COPY Cargo.toml Cargo.lock ./
+# jemalloc's built-in options (README, "Memory and the allocator") are part of its build.
+COPY .cargo .cargo
 COPY testkit/Cargo.toml testkit/
 RUN mkdir -p src benches testkit/src \
     && echo 'fn main() {}' > src/main.rs \

@@ -7,6 +7,14 @@ use scoregate::cli::args::{Cli, Command};
 use scoregate::cli::{self, ConfigPath, UsageError};
 use scoregate::config::{Config, LogFormat};
 
+/// The allocator. glibc's keeps the memory a connection frees in the process (it returns heap
+/// to the kernel only from its top), so after a burst of connections, parked or closed, the RSS
+/// stays at the burst's peak; jemalloc returns freed pages to the kernel, with its background
+/// thread, about a second after they were freed (`dirty_decay_ms`, set in `.cargo/config.toml`).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_logging(format: LogFormat, access: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
