@@ -46,7 +46,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 
 # Dependencies first, against placeholder sources, so that a change to the code does not rebuild
-# them. Cargo.toml names two benches and the test-harness workspace member, which must exist for
+# them. Cargo.toml names three benches and the test-harness workspace member, which must exist for
 # the manifest to load.
 COPY Cargo.toml Cargo.lock ./
 # jemalloc's built-in options (README, "Memory and the allocator") are part of its build.
@@ -57,6 +57,7 @@ RUN mkdir -p src benches testkit/src \
     && touch src/lib.rs testkit/src/lib.rs \
     && echo 'fn main() {}' > benches/hot_path.rs \
     && echo 'fn main() {}' > benches/handshake.rs \
+    && echo 'fn main() {}' > benches/compare.rs \
     && cargo build --release --locked -p scoregate \
     && rm -rf src benches testkit/src
 

@@ -6,9 +6,10 @@
 #   bench/paired.sh "ARGS A" "ARGS B"            # same binary, two sets of bench arguments
 #   BIN_A=old/scoregate BIN_B=new/scoregate bench/paired.sh "" ""   # two binaries, same arguments
 #
-# Environment: ROUNDS (default 5), DURATION (default 6s), BIN_A / BIN_B (default
-# target/release/scoregate). Every run uses --mode keepalive and --gateway-threads 1 unless the
-# arguments give their own (clap refuses a flag given twice).
+# Environment: ROUNDS (default 5), DURATION (default 6s: give the run's length here, not as
+# --duration), BIN_A / BIN_B (default target/release/scoregate). Every run uses --gateway-threads 1
+# unless the arguments give their own, and bench's default mode, keepalive, unless they give
+# --mode (clap refuses a flag given twice).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [[ $# -eq 2 ]] || { sed -n '2,12p' "$0"; exit 2; }
@@ -22,11 +23,10 @@ done
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 run() { # BIN ARGS -> "µs/req req/s errors"
-    local defaults=()
-    [[ " $2 " == *" --mode "* ]] || defaults+=(--mode keepalive)
-    [[ " $2 " == *" --gateway-threads "* ]] || defaults+=(--gateway-threads 1)
+    local threads=(--gateway-threads 1)
+    [[ " $2" =~ \ --gateway-threads[=\ ] ]] && threads=()
     # shellcheck disable=SC2086
-    "$1" bench "${defaults[@]}" --duration "$duration" --quiet --json $2 |
+    "$1" bench "${threads[@]}" --duration "$duration" --quiet --json $2 |
         python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["gateway_cpu_us_per_req"], d["rps"], d["errors"]["total"])'
 }
 printf '%-6s %12s %12s %8s\n' round "A µs/req" "B µs/req" "B/A"

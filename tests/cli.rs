@@ -27,6 +27,26 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
+/// The binary's allocator has the options `.cargo/config.toml` builds into it (README, "Memory and
+/// the allocator"): freed pages returned by a background thread after a second. A build that
+/// lost them (`cargo install`, which does not read that file) would keep jemalloc's ten seconds
+/// (the background thread comes from the crate's feature). jemalloc prints its options at exit
+/// when asked to (not `max_background_threads`, which this cannot check).
+#[test]
+#[cfg_attr(not(feature = "jemalloc"), ignore = "built on the system allocator")]
+fn the_allocator_returns_freed_memory_after_a_second() {
+    let (ok, _, stderr) = run(bin()
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true"));
+    assert!(ok, "{stderr}");
+    for option in ["opt.background_thread: true", "opt.dirty_decay_ms: 1000"] {
+        assert!(
+            stderr.contains(option),
+            "no {option:?} in jemalloc's options:\n{stderr}"
+        );
+    }
+}
+
 /// A folder with certs and a valid config; returns (dir, config path, config text).
 fn fixture(pki: &Pki) -> (PathBuf, PathBuf, String) {
     let dir = tempdir("cli");

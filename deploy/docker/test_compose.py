@@ -100,6 +100,14 @@ def main():
             assert src == "." or os.path.exists(os.path.join(REPO, src)), f"COPY {src}: no such file"
             assert not any(src == i or src.startswith(i.rstrip("/") + "/") for i in ignored), \
                 f"COPY {src}: excluded by .dockerignore"
+    # The dependency-caching stage builds against placeholders: every bench Cargo.toml names
+    # must have one, or the manifest does not load and the image does not build.
+    with open(os.path.join(REPO, "Cargo.toml")) as f:
+        benches = re.findall(r'^\[\[bench\]\]\s*\nname = "([\w-]+)"', f.read(), re.M)
+    assert benches, "Cargo.toml names benches"
+    for name in benches:
+        assert f"> benches/{name}.rs" in dockerfile, f"the Dockerfile's first stage has no benches/{name}.rs"
+
     # make-certs.sh writes the files the config names, where the README's step 1 puts them.
     with open(os.path.join(REPO, "certs-example", "make-certs.sh")) as f:
         make_certs = f.read()
