@@ -162,14 +162,7 @@ async fn score(client: &TlsClient, addr: SocketAddr, service: &str) -> Resp {
 
 /// The gateway's resident memory (this process: the gateway runs in it), in KiB.
 fn rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    scoregate::bench::rss_kb(std::process::id())
 }
 
 /// A config directory: `scoregate.toml` (one service), `tls/cert.pem`, `tls/key.pem`.

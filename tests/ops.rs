@@ -1267,14 +1267,9 @@ async fn a_second_signal_exits_at_once() {
     assert!(req.await.unwrap().is_err(), "the cut-off request fails");
 }
 
-/// The process's resident memory, in KiB.
+/// The gateway process's resident memory, in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    scoregate::bench::rss_kb(pid).expect("the gateway's VmRSS")
 }
 
 /// The binary's allocator gives memory that connections free back to the kernel (README, "Memory
@@ -1327,15 +1322,12 @@ async fn memory_freed_by_closed_connections_goes_back_to_the_kernel() {
 
     // Back below half of what they added, within 20 s (about 2 s here).
     let limit = before + (open - before) / 2;
-    let t = Instant::now();
-    let mut now = rss_kib(pid);
-    while now > limit {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "RSS stayed at {now} KiB after the connections closed (before them {before}, \
-             with them {open}, limit {limit})"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        now = rss_kib(pid);
-    }
+    let what = format!(
+        "RSS below {limit} KiB after the connections closed (before them {before}, with them \
+         {open})"
+    );
+    fleet::eventually(&what, Duration::from_secs(20), async || {
+        rss_kib(pid) <= limit
+    })
+    .await;
 }

@@ -573,13 +573,7 @@ async fn a_reload_keeps_the_buckets_of_kept_policies() {
 
 /// The process's resident memory, in bytes.
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
+    scoregate::bench::rss_kb(std::process::id()).expect("VmRSS") * 1024
 }
 
 /// The memory of one policy holding 100 000 buckets (its cap), for BENCHMARKS.md. Run alone,

@@ -48,6 +48,8 @@ mod setup;
 mod stats;
 mod timeline;
 
+pub use procfs::rss_kb;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

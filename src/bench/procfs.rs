@@ -29,8 +29,8 @@ fn stat_ticks(path: &str) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// VmRSS of a process, kB.
-pub(super) fn rss_kb(pid: u32) -> Option<u64> {
+/// VmRSS of a process, kB (`None` when it is gone). Public for the integration tests.
+pub fn rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
