@@ -51,6 +51,9 @@
 #   RUNS=5 H2_RUNS=3 ./peers.sh                  # as in RESULTS.md, ~25 minutes
 #   RUNS=1 DURATION=5 ./peers.sh                 # quick look (~5 minutes)
 #   ONLY=nginx WORKERS=1 TESTS_ecdsa=keepalive TESTS_rsa= ./peers.sh
+#   SYSCALLS=1 RUNS=1 WORKERS=1 TESTS_ecdsa="keepalive closebackend h2" TESTS_rsa= ./peers.sh
+#       # + system calls per request of each proxy (perf's syscall tracepoints, counted in
+#       # the kernel: the proxy is not slowed as under strace), in results.jsonl and the log
 #   EXTRA_PEER='rustgw 20443 exec /path/gateway --listen 127.0.0.1:20443 --cert $CHAIN --key $KEY --workers $W' ./peers.sh
 #
 # Needs: nginx haproxy wrk h2load curl openssl python3 ss (iproute2); testssl
@@ -79,6 +82,7 @@ FULLHS_PROCS="${FULLHS_PROCS:-2}"         # parallel `openssl s_time -new` clien
 IDLE_CONNS="${IDLE_CONNS:-5000}"
 IDLE_MODES="${IDLE_MODES:-fresh keepalive}"
 MAX_OTHER="${MAX_OTHER:-5}"               # a run with more foreign CPU (% of all cores) is noisy
+SYSCALLS="${SYSCALLS:-0}"                 # 1: count the proxy's system calls per request (perf stat)
 NOISE_RETRIES="${NOISE_RETRIES:-2}"       # ... and is repeated at most this many times
 QUIET_MAX="${QUIET_MAX:-10}"              # before each run: wait until machine CPU busy <= this %
 QUIET_WAIT="${QUIET_WAIT:-60}"            # ... but at most this many seconds (then run anyway)
@@ -148,6 +152,17 @@ cpu_ticks() {
         s="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
         read -r -a f <<<"${s##*) }"          # fields after "(comm) ": f[0] = state (field 3)
         t=$(( t + f[11] + f[12] ))           # fields 14 utime, 15 stime
+    done
+    echo "$t"
+}
+# sys_ticks PID...: stime alone (time in the kernel: system calls, and the loopback TCP work
+# the kernel does in the process's context)
+sys_ticks() {
+    local t=0 p s f
+    for p in "$@"; do
+        s="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
+        read -r -a f <<<"${s##*) }"
+        t=$(( t + f[12] ))
     done
     echo "$t"
 }
@@ -279,19 +294,28 @@ smoke() {
 # M_BUSY_PCT (machine CPU busy, % of all cores) and M_OTHER_PCT (the part of it
 # that none of the three used: kernel threads, another session's work).
 measure() {
-    local pids bpids out="$2" p0 b0 p1 b1 lu ls
+    local pids bpids out="$2" p0 b0 p1 b1 s0 s1 lu ls
     local -a m0 m1
     pids="$(tree_pids "$1" | tr '\n' ' ')"; shift 2
     bpids="$(tree_pids "$BACKEND_PID" | tr '\n' ' ')"
     [[ "$pids" == "$bpids" ]] && bpids=""     # direct backend run: counted once, as "proxy"
-    local w0="$EPOCHREALTIME"
-    p0="$(cpu_ticks $pids)"; b0="$(cpu_ticks $bpids)"; m0=($(machine_ticks))
+    local w0="$EPOCHREALTIME" perf_pid=""
+    if [[ "$SYSCALLS" == 1 ]]; then
+        # every thread of the proxy's processes, counted from before the load starts until
+        # it has ended (so the per-request figure includes the client's connects and closes)
+        perf stat -x, -e "$SYSCALL_EVENTS" -p "$(csv <<<"${pids// /$'\n'}")" -o "$out.syscalls" &
+        perf_pid=$!
+        sleep 0.3
+    fi
+    p0="$(cpu_ticks $pids)"; b0="$(cpu_ticks $bpids)"; m0=($(machine_ticks)); s0="$(sys_ticks $pids)"
     { TIMEFORMAT='%U %S'; time timeout $((DURATION + 30)) "$@" >"$out" 2>&1; } 2>"$out.time" \
         || log "  $1 exit status $? ($out)"
-    p1="$(cpu_ticks $pids)"; b1="$(cpu_ticks $bpids)"; m1=($(machine_ticks))
+    p1="$(cpu_ticks $pids)"; b1="$(cpu_ticks $bpids)"; m1=($(machine_ticks)); s1="$(sys_ticks $pids)"
+    if [[ -n "$perf_pid" ]]; then kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" || true; fi
     M_WALL_S="$(awk -v a="$w0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.3f", b-a}')"
     read -r lu ls < "$out.time" || true
     M_PROXY_US=$(( (p1 - p0) * 1000000 / HZ ))
+    M_PROXY_SYS_US=$(( (s1 - s0) * 1000000 / HZ ))
     M_BACKEND_US=$(( (b1 - b0) * 1000000 / HZ ))
     M_LOADGEN_US="$(awk -v u="${lu:-0}" -v s="${ls:-0}" 'BEGIN{printf "%d", (u+s)*1e6}')"
     local busy_us=$(( (m1[0] - m0[0]) * 1000000 / HZ )) total_us=$(( (m1[1] - m0[1]) * 1000000 / HZ ))
@@ -301,6 +325,23 @@ measure() {
         'BEGIN{printf "%.1f", (b-p-k-l)*100/t}')"
 }
 per_req() { awk -v us="$1" -v n="$2" 'BEGIN{if(n<1)n=1; printf "%.1f", us/n}'; }
+# the system calls SYSCALLS=1 counts one by one (all of them are counted in total)
+SYSCALL_NAMES="read write readv writev recvfrom sendto recvmsg sendmsg sendfile64 epoll_wait
+  epoll_pwait epoll_ctl accept4 connect socket close shutdown setsockopt getsockopt getsockname
+  getpeername ioctl fcntl futex sched_yield madvise mmap munmap brk"
+SYSCALL_EVENTS="raw_syscalls:sys_enter$(printf ',syscalls:sys_enter_%s' $SYSCALL_NAMES)"
+# syscall_fields OUT REQUESTS: record fields for the system calls of the run whose tool
+# output is OUT (nothing unless SYSCALLS=1): syscalls_per_req, and sys_<name>_per_req for
+# each counted call made at least 0.01 times per request
+syscall_fields() {
+    [[ "$SYSCALLS" == 1 && -s "$1.syscalls" ]] || return 0
+    awk -F, -v n="$2" '
+        $3 == "raw_syscalls:sys_enter" { printf "syscalls_per_req=%.2f\n", $1 / (n < 1 ? 1 : n) }
+        $3 ~ /^syscalls:sys_enter_/ && $1 + 0 > 0 {
+            name = $3; sub(/^syscalls:sys_enter_/, "", name); v = $1 / (n < 1 ? 1 : n)
+            if (v >= 0.01) printf "sys_%s_per_req=%.2f\n", name, v
+        }' "$1.syscalls"
+}
 # noisy: true if the last measurement had more than MAX_OTHER % foreign CPU
 noisy() { awk -v o="$M_OTHER_PCT" -v m="$MAX_OTHER" 'BEGIN{exit !(o > m)}'; }
 
@@ -321,11 +362,14 @@ run_wrk() {
         record target="$target" cert="$CERT" workers="$W" test="$test" run="$run" attempt="$attempt" noisy="$flag" \
             $(tr ' ' '\n' <<<"$r") \
             proxy_cpu_us_per_req="$(per_req "$M_PROXY_US" "$requests")" \
+            proxy_sys_us_per_req="$(per_req "$M_PROXY_SYS_US" "$requests")" \
             backend_cpu_us_per_req="$(per_req "$M_BACKEND_US" "$requests")" \
             loadgen_cpu_us_per_req="$(per_req "$M_LOADGEN_US" "$requests")" \
-            machine_busy_pct="$M_BUSY_PCT" other_cpu_pct="$M_OTHER_PCT" pre_busy_pct="$PRE_BUSY"
+            machine_busy_pct="$M_BUSY_PCT" other_cpu_pct="$M_OTHER_PCT" pre_busy_pct="$PRE_BUSY" \
+            $(syscall_fields "$out" "$requests")
         log "  $test $target $CERT w$W run $run: $(grep -oE 'rps=[0-9.]+ p50_us=[0-9]+ p90_us=[0-9]+ p99_us=[0-9]+' <<<"$r")" \
-            "proxy_us/req=$(per_req "$M_PROXY_US" "$requests") other_cpu=${M_OTHER_PCT}%" \
+            "proxy_us/req=$(per_req "$M_PROXY_US" "$requests") (kernel $(per_req "$M_PROXY_SYS_US" "$requests")) other_cpu=${M_OTHER_PCT}%" \
+            "$(syscall_fields "$out" "$requests" | sed -n 's/^syscalls_per_req=/syscalls\/req=/p')" \
             "$(grep -oE 'err_[a-z]+=[1-9][0-9]*' <<<"$r" | tr '\n' ' ')$( ((flag)) && echo '- NOISY, repeating')"
         (( flag )) || break
     done
@@ -359,9 +403,11 @@ run_h2load() {
             run="$run" attempt="$attempt" noisy="$flag" rps="$rps" \
             succeeded="${ok:-0}" errors="$(( ${failed:-0} + ${non2xx:-0} ))" mean_latency="$mean" max_latency="$max" \
             proxy_cpu_us_per_req="$(per_req "$M_PROXY_US" "$n")" \
+            proxy_sys_us_per_req="$(per_req "$M_PROXY_SYS_US" "$n")" \
             loadgen_cpu_us_per_req="$(per_req "$M_LOADGEN_US" "$n")" \
-            machine_busy_pct="$M_BUSY_PCT" other_cpu_pct="$M_OTHER_PCT"
-        log "  h2load $target ${proto_seen:-$proto} w$W run $run: $rps req/s, mean $mean, other_cpu=${M_OTHER_PCT}%$( ((flag)) && echo ' - NOISY, repeating')"
+            machine_busy_pct="$M_BUSY_PCT" other_cpu_pct="$M_OTHER_PCT" $(syscall_fields "$out" "$n")
+        log "  h2load $target ${proto_seen:-$proto} w$W run $run: $rps req/s, mean $mean, other_cpu=${M_OTHER_PCT}%" \
+            "$(syscall_fields "$out" "$n" | sed -n 's/^syscalls_per_req=/syscalls\/req=/p')$( ((flag)) && echo ' - NOISY, repeating')"
         (( flag )) || break
     done
 }
@@ -426,6 +472,10 @@ run_testssl() {
 for tool in nginx haproxy wrk h2load curl openssl python3 ss pgrep; do
     command -v "$tool" >/dev/null || die "missing tool: $tool (see RESULTS.md, setup)"
 done
+if [[ "$SYSCALLS" == 1 ]]; then
+    perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 \
+        || die "SYSCALLS=1 needs perf with the syscall tracepoints (apt-get install linux-perf; run as root)"
+fi
 [[ -f "$CERTDIR/ca.pem" ]] || "$BENCH/gen-certs.sh" >/dev/null
 
 define_peers
