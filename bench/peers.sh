@@ -53,7 +53,7 @@
 #   ONLY=nginx WORKERS=1 TESTS_ecdsa=keepalive TESTS_rsa= ./peers.sh
 #   SYSCALLS=1 RUNS=1 WORKERS=1 TESTS_ecdsa="keepalive closebackend h2" TESTS_rsa= ./peers.sh
 #       # + system calls per request of each proxy (perf's syscall tracepoints, counted in
-#       # the kernel: the proxy is not slowed as under strace), in results.jsonl and the log
+#       # the kernel: far less overhead than strace, but some per call), in results.jsonl
 #   EXTRA_PEER='rustgw 20443 exec /path/gateway --listen 127.0.0.1:20443 --cert $CHAIN --key $KEY --workers $W' ./peers.sh
 #
 # Needs: nginx haproxy wrk h2load curl openssl python3 ss (iproute2); testssl
@@ -301,9 +301,11 @@ measure() {
     [[ "$pids" == "$bpids" ]] && bpids=""     # direct backend run: counted once, as "proxy"
     local w0="$EPOCHREALTIME" perf_pid=""
     if [[ "$SYSCALLS" == 1 ]]; then
-        # every thread of the proxy's processes, counted from before the load starts until
-        # it has ended (so the per-request figure includes the client's connects and closes)
-        perf stat -x, -e "$SYSCALL_EVENTS" -p "$(csv <<<"${pids// /$'\n'}")" -o "$out.syscalls" &
+        # every thread of the proxy's processes, counted from (about) before the load starts
+        # until it has ended, so the per-request figure includes the client's connects and
+        # closes; 0.3 s is given to perf to attach
+        # shellcheck disable=SC2086
+        perf stat -x, -e "$SYSCALL_EVENTS" -p "$(echo $pids | tr ' ' ',')" -o "$out.syscalls" &
         perf_pid=$!
         sleep 0.3
     fi
@@ -311,7 +313,11 @@ measure() {
     { TIMEFORMAT='%U %S'; time timeout $((DURATION + 30)) "$@" >"$out" 2>&1; } 2>"$out.time" \
         || log "  $1 exit status $? ($out)"
     p1="$(cpu_ticks $pids)"; b1="$(cpu_ticks $bpids)"; m1=($(machine_ticks)); s1="$(sys_ticks $pids)"
-    if [[ -n "$perf_pid" ]]; then kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" || true; fi
+    if [[ -n "$perf_pid" ]]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" || true
+        [[ -s "$out.syscalls" ]] || log "  SYSCALLS=1: perf counted nothing for $out"
+    fi
     M_WALL_S="$(awk -v a="$w0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.3f", b-a}')"
     read -r lu ls < "$out.time" || true
     M_PROXY_US=$(( (p1 - p0) * 1000000 / HZ ))
@@ -431,9 +437,11 @@ run_fullhs() {
         record target="$target" cert="$CERT" workers="$W" test=fullhs run="$run" attempt="$attempt" noisy="$flag" \
             requests="$n" rps="$rate" clients="$FULLHS_PROCS" \
             proxy_cpu_us_per_req="$(per_req "$M_PROXY_US" "$n")" \
+            proxy_sys_us_per_req="$(per_req "$M_PROXY_SYS_US" "$n")" \
             backend_cpu_us_per_req="$(per_req "$M_BACKEND_US" "$n")" \
             loadgen_cpu_us_per_req="$(per_req "$M_LOADGEN_US" "$n")" \
-            machine_busy_pct="$M_BUSY_PCT" other_cpu_pct="$M_OTHER_PCT" pre_busy_pct="$PRE_BUSY"
+            machine_busy_pct="$M_BUSY_PCT" other_cpu_pct="$M_OTHER_PCT" pre_busy_pct="$PRE_BUSY" \
+            $(syscall_fields "$out" "$n")
         log "  fullhs $target $CERT w$W run $run: $rate handshakes/s, proxy_us/hs=$(per_req "$M_PROXY_US" "$n")" \
             "other_cpu=${M_OTHER_PCT}%$( ((flag)) && echo ' - NOISY, repeating')"
         (( flag )) || break
@@ -473,8 +481,8 @@ for tool in nginx haproxy wrk h2load curl openssl python3 ss pgrep; do
     command -v "$tool" >/dev/null || die "missing tool: $tool (see RESULTS.md, setup)"
 done
 if [[ "$SYSCALLS" == 1 ]]; then
-    perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 \
-        || die "SYSCALLS=1 needs perf with the syscall tracepoints (apt-get install linux-perf; run as root)"
+    perf stat -e "$SYSCALL_EVENTS" -- true >/dev/null 2>&1 \
+        || die "SYSCALLS=1 needs perf with the syscall tracepoints $SYSCALL_EVENTS (apt-get install linux-perf; run as root)"
 fi
 [[ -f "$CERTDIR/ca.pem" ]] || "$BENCH/gen-certs.sh" >/dev/null
 
@@ -498,7 +506,8 @@ fi
     echo "settings: WORKERS='$WORKERS' CERTS='$CERTS' TESTS_ecdsa='$TESTS_ecdsa' TESTS_rsa='$TESTS_rsa'" \
          "RUNS=$RUNS H2_RUNS=$H2_RUNS DURATION=$DURATION WARMUP=$WARMUP WRK='-t$WRK_THREADS -c$WRK_CONNS'" \
          "MAX_OTHER=$MAX_OTHER NOISE_RETRIES=$NOISE_RETRIES QUIET_MAX=$QUIET_MAX QUIET_WAIT=$QUIET_WAIT" \
-         "H2_OPTS='$H2_OPTS' H1_OPTS='$H1_OPTS' FULLHS_PROCS=$FULLHS_PROCS IDLE_CONNS=$IDLE_CONNS IDLE_MODES='$IDLE_MODES'"
+         "H2_OPTS='$H2_OPTS' H1_OPTS='$H1_OPTS' FULLHS_PROCS=$FULLHS_PROCS IDLE_CONNS=$IDLE_CONNS IDLE_MODES='$IDLE_MODES'" \
+         "SYSCALLS=$SYSCALLS"
     echo "peers: ${PEER_NAMES[*]} (ports ${PEER_PORTS[*]})"
 } > "$RES/env.txt"
 cat "$RES/env.txt" >&2

@@ -23,22 +23,28 @@ def main(path):
         if r.get("noisy") or "proxy_cpu_us_per_req" not in r:
             continue
         test = r["test"] + (f" {r['proto']}" if r["test"] == "h2load" else "")
-        groups[(test, r.get("workers", ""), r["target"])].append(r)
+        groups[(test, r.get("cert", ""), r.get("workers", ""), r["target"])].append(r)
     if not groups:
         sys.exit(f"{path}: no runs with a CPU figure")
-    print("| test | workers | peer | runs | CPU µs/req | kernel | user | syscalls/req | calls/req |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---|")
-    for (test, workers, target), runs in groups.items():
-        def med(key):
-            vals = [r[key] for r in runs if key in r]
-            return statistics.median(vals) if vals else None
-        cpu, kernel, calls = med("proxy_cpu_us_per_req"), med("proxy_sys_us_per_req"), med("syscalls_per_req")
-        names = sorted({k for r in runs for k in r if k.startswith("sys_") and k.endswith("_per_req")
-                        and k != "sys_us_per_req"})
-        each = sorted(((med(k), k[4:-8]) for k in names), reverse=True)
-        fmt = lambda v, f="{:.1f}": "–" if v is None else f.format(v)
-        user = None if cpu is None or kernel is None else cpu - kernel
-        print(f"| {test} | {workers} | {target} | {len(runs)} | {fmt(cpu)} | {fmt(kernel)} | {fmt(user)} "
+    print("| test | cert | workers | peer | runs | CPU µs/req | kernel | user | syscalls/req | calls/req |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
+    fmt = lambda v, f="{:.1f}": "–" if v is None else f.format(v)
+    for (test, cert, workers, target), runs in groups.items():
+        def med(values):
+            values = [v for v in values if v is not None]
+            return statistics.median(values) if values else None
+        cpu = med(r["proxy_cpu_us_per_req"] for r in runs)
+        kernel = med(r.get("proxy_sys_us_per_req") for r in runs)
+        # the median of each run's user-space time, not the difference of the two medians
+        user = med(r["proxy_cpu_us_per_req"] - r["proxy_sys_us_per_req"]
+                   for r in runs if "proxy_sys_us_per_req" in r)
+        counted = [r for r in runs if "syscalls_per_req" in r]
+        calls = med(r["syscalls_per_req"] for r in counted)
+        names = sorted(k for k in {k for r in counted for k in r}
+                       if k.startswith("sys_") and k.endswith("_per_req"))
+        # a call below peers.sh's 0.01 per request in one run counts as 0 there
+        each = sorted(((med(r.get(k, 0.0) for r in counted), k[4:-8]) for k in names), reverse=True)
+        print(f"| {test} | {cert} | {workers} | {target} | {len(runs)} | {fmt(cpu)} | {fmt(kernel)} | {fmt(user)} "
               f"| {fmt(calls, '{:.2f}')} | {' '.join(f'{n} {v:.2f}' for v, n in each if v >= 0.05)} |")
 
 
