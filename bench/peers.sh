@@ -145,26 +145,17 @@ alive() { local st; st="$(proc_state "$1")" || return 1; [[ "$st" != Z ]]; }
 tree_pids() { echo "$1"; pgrep -P "$1" || true; }
 csv() { tr '\n' ',' | sed 's/,$//'; }
 
-# cpu_ticks PID...: utime+stime (clock ticks) summed over the PIDs
+# cpu_ticks PID...: "utime+stime stime" (clock ticks) summed over the PIDs; stime is the time
+# in the kernel (system calls, and the loopback TCP work the kernel does in the process's context)
 cpu_ticks() {
-    local t=0 p s f
+    local t=0 k=0 p s f
     for p in "$@"; do
         s="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
         read -r -a f <<<"${s##*) }"          # fields after "(comm) ": f[0] = state (field 3)
         t=$(( t + f[11] + f[12] ))           # fields 14 utime, 15 stime
+        k=$(( k + f[12] ))
     done
-    echo "$t"
-}
-# sys_ticks PID...: stime alone (time in the kernel: system calls, and the loopback TCP work
-# the kernel does in the process's context)
-sys_ticks() {
-    local t=0 p s f
-    for p in "$@"; do
-        s="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
-        read -r -a f <<<"${s##*) }"
-        t=$(( t + f[12] ))
-    done
-    echo "$t"
+    echo "$t $k"
 }
 # machine_ticks: "busy total" from /proc/stat (all CPUs)
 machine_ticks() {
@@ -309,10 +300,10 @@ measure() {
         perf_pid=$!
         sleep 0.3
     fi
-    p0="$(cpu_ticks $pids)"; b0="$(cpu_ticks $bpids)"; m0=($(machine_ticks)); s0="$(sys_ticks $pids)"
+    read -r p0 s0 <<<"$(cpu_ticks $pids)"; read -r b0 _ <<<"$(cpu_ticks $bpids)"; m0=($(machine_ticks))
     { TIMEFORMAT='%U %S'; time timeout $((DURATION + 30)) "$@" >"$out" 2>&1; } 2>"$out.time" \
         || log "  $1 exit status $? ($out)"
-    p1="$(cpu_ticks $pids)"; b1="$(cpu_ticks $bpids)"; m1=($(machine_ticks)); s1="$(sys_ticks $pids)"
+    read -r p1 s1 <<<"$(cpu_ticks $pids)"; read -r b1 _ <<<"$(cpu_ticks $bpids)"; m1=($(machine_ticks))
     if [[ -n "$perf_pid" ]]; then
         kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" || true
@@ -356,7 +347,7 @@ noisy() { awk -v o="$M_OTHER_PCT" -v m="$MAX_OTHER" 'BEGIN{exit !(o > m)}'; }
 # and repeated, at most NOISE_RETRIES times
 run_wrk() {
     local target="$1" test="$2" run="$3" url="$4" pid="$5"; shift 5
-    local attempt out r requests flag
+    local attempt out r requests flag sysf
     for (( attempt = 0; attempt <= NOISE_RETRIES; attempt++ )); do
         out="$RES/raw/$target-$CERT-w$W-$test-$run.$attempt.txt"
         wait_quiet
@@ -365,17 +356,17 @@ run_wrk() {
         r="$(grep '^WRKRESULT' "$out" | sed 's/^WRKRESULT //')" || { log "  no WRKRESULT in $out"; return 0; }
         requests="$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$r")"
         flag=0; noisy && flag=1
+        sysf="$(syscall_fields "$out" "$requests")"
         record target="$target" cert="$CERT" workers="$W" test="$test" run="$run" attempt="$attempt" noisy="$flag" \
             $(tr ' ' '\n' <<<"$r") \
             proxy_cpu_us_per_req="$(per_req "$M_PROXY_US" "$requests")" \
             proxy_sys_us_per_req="$(per_req "$M_PROXY_SYS_US" "$requests")" \
             backend_cpu_us_per_req="$(per_req "$M_BACKEND_US" "$requests")" \
             loadgen_cpu_us_per_req="$(per_req "$M_LOADGEN_US" "$requests")" \
-            machine_busy_pct="$M_BUSY_PCT" other_cpu_pct="$M_OTHER_PCT" pre_busy_pct="$PRE_BUSY" \
-            $(syscall_fields "$out" "$requests")
+            machine_busy_pct="$M_BUSY_PCT" other_cpu_pct="$M_OTHER_PCT" pre_busy_pct="$PRE_BUSY" $sysf
         log "  $test $target $CERT w$W run $run: $(grep -oE 'rps=[0-9.]+ p50_us=[0-9]+ p90_us=[0-9]+ p99_us=[0-9]+' <<<"$r")" \
             "proxy_us/req=$(per_req "$M_PROXY_US" "$requests") (kernel $(per_req "$M_PROXY_SYS_US" "$requests")) other_cpu=${M_OTHER_PCT}%" \
-            "$(syscall_fields "$out" "$requests" | sed -n 's/^syscalls_per_req=/syscalls\/req=/p')" \
+            "$(sed -n 's/^syscalls_per_req=/syscalls\/req=/p' <<<"$sysf")" \
             "$(grep -oE 'err_[a-z]+=[1-9][0-9]*' <<<"$r" | tr '\n' ' ')$( ((flag)) && echo '- NOISY, repeating')"
         (( flag )) || break
     done
@@ -404,16 +395,17 @@ run_h2load() {
         proto_seen="$(sed -nE 's/^Application protocol: (.*)/\1/p' "$out")"
         [[ -n "$rps" ]] || { log "  h2load $target $proto: no result (see $out)"; return 0; }
         flag=0; noisy && flag=1
-        local n="${ok:-0}"
+        local n="${ok:-0}" sysf
+        sysf="$(syscall_fields "$out" "$n")"
         record target="$target" cert="$CERT" workers="$W" test="h2load" proto="${proto_seen:-$proto}" \
             run="$run" attempt="$attempt" noisy="$flag" rps="$rps" \
             succeeded="${ok:-0}" errors="$(( ${failed:-0} + ${non2xx:-0} ))" mean_latency="$mean" max_latency="$max" \
             proxy_cpu_us_per_req="$(per_req "$M_PROXY_US" "$n")" \
             proxy_sys_us_per_req="$(per_req "$M_PROXY_SYS_US" "$n")" \
             loadgen_cpu_us_per_req="$(per_req "$M_LOADGEN_US" "$n")" \
-            machine_busy_pct="$M_BUSY_PCT" other_cpu_pct="$M_OTHER_PCT" $(syscall_fields "$out" "$n")
+            machine_busy_pct="$M_BUSY_PCT" other_cpu_pct="$M_OTHER_PCT" $sysf
         log "  h2load $target ${proto_seen:-$proto} w$W run $run: $rps req/s, mean $mean, other_cpu=${M_OTHER_PCT}%" \
-            "$(syscall_fields "$out" "$n" | sed -n 's/^syscalls_per_req=/syscalls\/req=/p')$( ((flag)) && echo ' - NOISY, repeating')"
+            "$(sed -n 's/^syscalls_per_req=/syscalls\/req=/p' <<<"$sysf")$( ((flag)) && echo ' - NOISY, repeating')"
         (( flag )) || break
     done
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Where each proxy's CPU per request goes: user space or the kernel, and which system calls.
 
-Reads a peers.sh / compare.sh results.jsonl written with SYSCALLS=1 and prints, per test, worker
-count and peer, the medians over the (non-noisy) runs of: proxy CPU µs per request, the part of
+Reads a peers.sh / compare.sh results.jsonl written with SYSCALLS=1 and prints, per test, certificate,
+worker count and peer, the medians over the (non-noisy) runs of: proxy CPU µs per request, the part of
 it spent in the kernel (stime), the user-space rest, system calls per request and the calls
 made at least 0.05 times per request.
 
@@ -14,6 +14,16 @@ import json
 import statistics
 import sys
 from collections import defaultdict
+
+
+def med(values):
+    """The median of the values that are there, or None."""
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(v, f="{:.1f}"):
+    return "–" if v is None else f.format(v)
 
 
 def main(path):
@@ -28,11 +38,7 @@ def main(path):
         sys.exit(f"{path}: no runs with a CPU figure")
     print("| test | cert | workers | peer | runs | CPU µs/req | kernel | user | syscalls/req | calls/req |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
-    fmt = lambda v, f="{:.1f}": "–" if v is None else f.format(v)
     for (test, cert, workers, target), runs in groups.items():
-        def med(values):
-            values = [v for v in values if v is not None]
-            return statistics.median(values) if values else None
         cpu = med(r["proxy_cpu_us_per_req"] for r in runs)
         kernel = med(r.get("proxy_sys_us_per_req") for r in runs)
         # the median of each run's user-space time, not the difference of the two medians
